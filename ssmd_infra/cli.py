@@ -1,0 +1,33 @@
+"""The `ssmd` command: one typer app, one sub-app per concept.
+
+User errors (`SsmdError`, including every `ConfigError`) print as `error: ...` on stderr
+and exit 1; nothing else is caught, so a bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from .errors import SsmdError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="ssmd: sharding & scaling of Kalshi market-data capture.")
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _register() -> None:
+    from .cli_shard import shard_app
+
+    app.add_typer(shard_app, name="shard")
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    try:
+        app(args=argv, standalone_mode=True)
+    except SsmdError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True)
+        sys.exit(1)

@@ -1,0 +1,115 @@
+"""Desired NATS JetStream streams of an environment, as plain data.
+
+One stream per shard (`ssmd-internal-{shard}` on `internal.{shard}.>`) and one client stream
+(`ssmd-client`) that sources every shard stream with the subject transform
+`internal.{shard}.{feed}.>` → `md.{feed}.>`. The Pulumi dynamic provider and the local runner
+both turn these specs into server calls (`ssmd_infra.natsstreams`), so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .environment import Environment, StreamLimits
+from .subjects import (
+    CLIENT_STREAM,
+    client_feed_wildcard,
+    internal_feed_wildcard,
+    internal_stream,
+    internal_wildcard,
+)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One stream sourced into another, with a subject transform."""
+
+    name: str
+    filter_subject: str
+    transform_src: str
+    transform_dest: str
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    max_age: float
+    max_bytes: int
+    max_msgs: int
+    replicas: int
+    duplicate_window: float
+    storage: str = "file"
+    retention: str = "limits"
+    discard: str = "old"
+    sources: tuple[SourceSpec, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-data form: Pulumi inputs/outputs and JSON."""
+        return {
+            "name": self.name,
+            "subjects": list(self.subjects),
+            "max_age": self.max_age,
+            "max_bytes": self.max_bytes,
+            "max_msgs": self.max_msgs,
+            "replicas": self.replicas,
+            "duplicate_window": self.duplicate_window,
+            "storage": self.storage,
+            "retention": self.retention,
+            "discard": self.discard,
+            "sources": [vars(s).copy() for s in self.sources],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> StreamSpec:
+        sources = tuple(SourceSpec(**s) for s in data.get("sources") or [])  # type: ignore[arg-type, union-attr]
+        return cls(
+            name=str(data["name"]),
+            subjects=tuple(data.get("subjects") or ()),  # type: ignore[arg-type]
+            max_age=float(data["max_age"]),  # type: ignore[arg-type]
+            max_bytes=int(data["max_bytes"]),  # type: ignore[call-overload]
+            max_msgs=int(data.get("max_msgs", -1)),  # type: ignore[call-overload]
+            replicas=int(data.get("replicas", 1)),  # type: ignore[call-overload]
+            duplicate_window=float(data["duplicate_window"]),  # type: ignore[arg-type]
+            storage=str(data.get("storage", "file")),
+            retention=str(data.get("retention", "limits")),
+            discard=str(data.get("discard", "old")),
+            sources=sources,
+        )
+
+
+def _limits(limits: StreamLimits) -> dict[str, object]:
+    return {
+        "max_age": limits.max_age,
+        "max_bytes": limits.max_bytes_int,
+        "max_msgs": limits.max_msgs,
+        "replicas": limits.replicas,
+        "duplicate_window": limits.duplicate_window,
+        "storage": limits.storage,
+    }
+
+
+def internal_stream_spec(env: Environment, shard: str) -> StreamSpec:
+    env.shard(shard)
+    return StreamSpec(name=internal_stream(shard), subjects=(internal_wildcard(shard),),
+                      **_limits(env.streams.internal))  # type: ignore[arg-type]
+
+
+def client_stream_spec(env: Environment, shards: list[str] | None = None) -> StreamSpec:
+    names = list(env.shards) if shards is None else shards
+    sources = tuple(
+        SourceSpec(
+            name=internal_stream(name),
+            filter_subject=internal_feed_wildcard(name, env.feed),
+            transform_src=internal_feed_wildcard(name, env.feed),
+            transform_dest=client_feed_wildcard(env.feed),
+        )
+        for name in names
+    )
+    return StreamSpec(name=CLIENT_STREAM, subjects=(), sources=sources,
+                      **_limits(env.streams.client))  # type: ignore[arg-type]
+
+
+def stream_specs(env: Environment) -> list[StreamSpec]:
+    """Every stream the environment needs, internal ones first (sources must exist first)."""
+    return [*(internal_stream_spec(env, s) for s in env.shards), client_stream_spec(env)]
