@@ -22,6 +22,9 @@ def _register() -> None:
     from .cli_shard import shard_app
 
     app.add_typer(shard_app, name="shard")
+    from runtime.cli import run_app
+
+    app.add_typer(run_app, name="run")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,7 @@
+"""`ssmd run ...`: the runtime processes the Kubernetes workloads and the local runner start."""
+
+from __future__ import annotations
+
+import typer
+
+run_app = typer.Typer(no_args_is_help=True, help="Run a runtime process (connector, archiver, simulator).")
