@@ -25,6 +25,9 @@ def _register() -> None:
     from runtime.cli import run_app
 
     app.add_typer(run_app, name="run")
+    from .cli_local import local_app
+
+    app.add_typer(local_app, name="local")
 
 
 def main(argv: list[str] | None = None) -> None:
