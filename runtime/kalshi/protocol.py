@@ -1,0 +1,394 @@
+"""Kalshi WebSocket v2, sans-I/O: commands out, frames in, subscription state in between.
+
+No sockets and no asyncio here (the `websockets` library's design): the transport feeds
+received frames to `KalshiProtocol.receive` and sends whatever `data_to_send()` returns.
+That keeps the protocol unit-testable and benchmarkable without a network.
+
+Subscriptions are kept in *groups* of at most `max_tickers` markets (Kalshi allows 256
+tickers per subscription). A group is subscribed with one `subscribe` command for all
+channels; Kalshi answers one `subscribed` per channel, each with its own `sid`. Adding or
+removing markets uses `update_subscription` on each of the group's sids; an emptied group
+is `unsubscribe`d. Changes that touch a group still waiting for its acks are deferred and
+applied when the acks arrive, so the state never depends on reply timing.
+
+Each data frame becomes a `Frame` carrying the exact bytes received plus a `msg_id` that is
+identical for the same exchange message on any connection (the `msg` object excludes the
+per-connection `sid`/`seq`), which is what `Nats-Msg-Id` deduplication needs. Malformed
+frames are counted and skipped; nothing raises out of `receive`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from hashlib import blake2b
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+MAX_TICKERS_PER_SUBSCRIPTION = 256
+CONTROL_TYPES = frozenset({"subscribed", "ok", "unsubscribed", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One market-data message as received, ready to forward."""
+
+    raw: bytes  # the exact frame as received (UTF-8 bytes), forwarded unchanged to NATS
+    msg_type: str  # "trade", "ticker", "orderbook_delta", ...
+    ticker: str  # market_ticker
+    msg_id: str  # same for the same exchange message on every connection and replica
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """A subscription on one channel is live (`sid` assigned)."""
+
+    cmd_id: int
+    channel: str
+    sid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledged:
+    """An `ok` (update_subscription) or `unsubscribed` reply."""
+
+    cmd_id: int | None
+    kind: str
+    sid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """The exchange refused a command (or reported a connection-level error)."""
+
+    cmd_id: int | None
+    code: int | None
+    message: str
+    command: str | None  # what we had sent with that id, when known
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A frame that could not be understood; counted and skipped."""
+
+    reason: str
+
+
+Event = Frame | Subscribed | Acknowledged | ErrorReply | Malformed
+
+
+@dataclass(slots=True)
+class ProtocolStats:
+    """Counters the protocol keeps; the transport extends them (see `client.ClientStats`)."""
+
+    frames: int = 0
+    malformed: int = 0
+    gaps: int = 0  # sequence gaps seen (events)
+    gap_messages: int = 0  # messages missing across those gaps
+    errors: int = 0  # `error` replies
+
+
+class _Envelope(msgspec.Struct):
+    type: str
+    id: int | None = None
+    sid: int | None = None
+    seq: int | None = None
+    msg: msgspec.Raw = msgspec.Raw(b"")  # empty when absent
+
+
+class _Body(msgspec.Struct):
+    market_ticker: str = ""
+    trade_id: str | None = None
+
+
+class _Control(msgspec.Struct):
+    channel: str | None = None
+    sid: int | None = None
+    code: int | None = None
+    msg: str | None = None
+
+
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode
+_decode_body = msgspec.json.Decoder(_Body).decode
+_decode_control = msgspec.json.Decoder(_Control).decode
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(slots=True)
+class _Group:
+    gid: int
+    tickers: set[str]
+    sids: dict[str, int] = field(default_factory=dict)  # channel -> sid
+    subscribe_id: int | None = None  # outstanding subscribe command
+
+    def active(self, channels: int) -> bool:
+        return self.subscribe_id is None and len(self.sids) == channels
+
+
+@dataclass(slots=True)
+class _Pending:
+    kind: str  # subscribe | add | delete | unsubscribe
+    group: _Group | None
+    tickers: tuple[str, ...] = ()
+    acks_left: int = 1
+
+
+def message_id(msg_type: str, ticker: str, msg: bytes, trade_id: str | None = None) -> str:
+    """The dedup id of one exchange message, from its `msg` object's bytes.
+
+    Trades carry a globally unique `trade_id`; everything else is identified by type,
+    ticker and a hash of the `msg` object, which excludes the per-connection sid/seq.
+    """
+    if msg_type == "trade" and trade_id:
+        return f"trade:{trade_id}"
+    return f"{msg_type}:{ticker}:{blake2b(msg, digest_size=12).hexdigest()}"
+
+
+class KalshiProtocol:
+    """Subscription state and frame parsing for one WebSocket connection."""
+
+    def __init__(
+        self,
+        channels: Sequence[str],
+        *,
+        max_tickers: int = MAX_TICKERS_PER_SUBSCRIPTION,
+        stats: ProtocolStats | None = None,
+    ) -> None:
+        if not channels:
+            raise ValueError("at least one channel is needed")
+        if not 1 <= max_tickers <= MAX_TICKERS_PER_SUBSCRIPTION:
+            raise ValueError(f"max_tickers must be 1..{MAX_TICKERS_PER_SUBSCRIPTION}")
+        self.channels = tuple(dict.fromkeys(channels))
+        self.max_tickers = max_tickers
+        self.stats = stats if stats is not None else ProtocolStats()
+        self._desired: set[str] = set()
+        self._groups: dict[int, _Group] = {}
+        self._sid_group: dict[int, _Group] = {}
+        self._last_seq: dict[int, int] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._outbox: list[bytes] = []
+        self._next_id = 1
+        self._next_gid = 1
+        self._deferred = False
+
+    # -- state the transport and tests look at -------------------------------------------
+
+    @property
+    def desired(self) -> frozenset[str]:
+        return frozenset(self._desired)
+
+    @property
+    def subscribed(self) -> frozenset[str]:
+        """Markets whose subscriptions are acknowledged on every channel."""
+        n = len(self.channels)
+        out: set[str] = set()
+        for group in self._groups.values():
+            if group.active(n):
+                out |= group.tickers
+        return frozenset(out)
+
+    @property
+    def subscribed_count(self) -> int:
+        n = len(self.channels)
+        return sum(len(g.tickers) for g in self._groups.values() if g.active(n))
+
+    @property
+    def sids(self) -> frozenset[int]:
+        return frozenset(self._sid_group)
+
+    @property
+    def pending_commands(self) -> int:
+        return len(self._pending)
+
+    def groups(self) -> list[frozenset[str]]:
+        """The markets of each subscription group (for tests and reports)."""
+        return [frozenset(g.tickers) for g in self._groups.values()]
+
+    def data_to_send(self) -> list[bytes]:
+        """Commands produced since the last call, in order; the caller must send them all."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    # -- connection lifecycle ---------------------------------------------------------------
+
+    def connection_made(self) -> None:
+        """A fresh connection: forget every server-side id and subscribe everything again."""
+        self._groups.clear()
+        self._sid_group.clear()
+        self._last_seq.clear()
+        self._pending.clear()
+        self._outbox.clear()
+        self._deferred = False
+        self._reconcile()
+
+    def set_markets(self, tickers: Iterable[str]) -> None:
+        """Make `tickers` the desired set; queue the commands that get there."""
+        self._desired = set(tickers)
+        self._reconcile()
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def _command(self, cmd: str, params: dict[str, object], pending: _Pending) -> int:
+        cmd_id = self._next_id
+        self._next_id += 1
+        self._pending[cmd_id] = pending
+        self._outbox.append(_encode({"id": cmd_id, "cmd": cmd, "params": params}))
+        return cmd_id
+
+    def _reconcile(self) -> None:
+        n = len(self.channels)
+        self._deferred = False
+        covered: set[str] = set()
+        for group in list(self._groups.values()):
+            gone = group.tickers - self._desired
+            if gone and not group.active(n):
+                self._deferred = True  # apply once its subscribe is acknowledged
+            elif gone == group.tickers and gone:
+                self._drop_group(group)
+                continue
+            elif gone:
+                group.tickers -= gone
+                self._update(group, "delete_markets", sorted(gone))
+            covered |= group.tickers
+        missing = sorted(self._desired - covered)
+        if not missing:
+            return
+        for group in sorted(self._groups.values(), key=lambda g: g.gid):
+            room = self.max_tickers - len(group.tickers)
+            if room <= 0 or not group.active(n):
+                continue
+            chunk, missing = missing[:room], missing[room:]
+            group.tickers.update(chunk)
+            self._update(group, "add_markets", chunk)
+            if not missing:
+                return
+        for start in range(0, len(missing), self.max_tickers):
+            chunk = missing[start : start + self.max_tickers]
+            group = _Group(self._next_gid, set(chunk))
+            self._next_gid += 1
+            self._groups[group.gid] = group
+            group.subscribe_id = self._command(
+                "subscribe",
+                {"channels": list(self.channels), "market_tickers": chunk},
+                _Pending("subscribe", group, tuple(chunk), acks_left=n),
+            )
+
+    def _update(self, group: _Group, action: str, tickers: list[str]) -> None:
+        kind = "add" if action == "add_markets" else "delete"
+        for sid in group.sids.values():
+            self._command(
+                "update_subscription",
+                {"sids": [sid], "market_tickers": tickers, "action": action},
+                _Pending(kind, group, tuple(tickers)),
+            )
+
+    def _drop_group(self, group: _Group) -> None:
+        del self._groups[group.gid]
+        sids = sorted(group.sids.values())
+        for sid in sids:
+            self._sid_group.pop(sid, None)
+            self._last_seq.pop(sid, None)
+        if sids:
+            self._command("unsubscribe", {"sids": sids}, _Pending("unsubscribe", None))
+
+    # -- frames in --------------------------------------------------------------------------
+
+    def receive(self, data: bytes | str) -> Event:
+        """Parse one received frame; update state; return what it was."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        try:
+            env = _decode_envelope(data)
+        except msgspec.DecodeError as exc:
+            return self._malformed(f"not a Kalshi message: {exc}")
+        msg_type = env.type
+        if msg_type in CONTROL_TYPES:
+            return self._control(env)
+        msg = env.msg
+        if not msg:
+            return self._malformed(f"{msg_type!r} message without 'msg'")
+        try:
+            body = _decode_body(msg)
+        except msgspec.DecodeError as exc:
+            return self._malformed(f"{msg_type!r} message with a bad 'msg': {exc}")
+        ticker = body.market_ticker
+        if not ticker or not msg_type:
+            return self._malformed(f"{msg_type!r} message without market_ticker")
+        seq = env.seq
+        if seq is not None and env.sid is not None:
+            last = self._last_seq.get(env.sid)
+            if last is not None:
+                if seq != last + 1:
+                    self._gap(env.sid, last + 1, seq)
+                self._last_seq[env.sid] = seq
+        self.stats.frames += 1
+        return Frame(data, msg_type, ticker, message_id(msg_type, ticker, msg, body.trade_id))
+
+    def _malformed(self, reason: str) -> Malformed:
+        self.stats.malformed += 1
+        return Malformed(reason)
+
+    def _gap(self, sid: int, expected: int, got: int) -> None:
+        self.stats.gaps += 1
+        missing = got - expected
+        if missing > 0:
+            self.stats.gap_messages += missing
+        log.warning("sequence gap on sid %d: expected seq %d, got %d", sid, expected, got)
+
+    def _control(self, env: _Envelope) -> Event:
+        try:
+            body = _decode_control(env.msg) if env.msg else _Control()
+        except msgspec.DecodeError as exc:
+            return self._malformed(f"{env.type!r} reply with a bad 'msg': {exc}")
+        cmd_id = env.id
+        pending = self._pending.get(cmd_id) if cmd_id is not None else None
+        if env.type == "error":
+            self.stats.errors += 1
+            command = self._fail(cmd_id, pending)
+            return ErrorReply(cmd_id, body.code, body.msg or "", command)
+        if env.type == "subscribed":
+            sid = body.sid if body.sid is not None else env.sid
+            if sid is None or body.channel is None:
+                return self._malformed("'subscribed' reply without sid or channel")
+            if cmd_id is None or pending is None or pending.group is None:
+                # A subscription nothing accounts for (its command failed meanwhile): let go.
+                self._command("unsubscribe", {"sids": [sid]}, _Pending("unsubscribe", None))
+                return Subscribed(cmd_id or 0, body.channel, sid)
+            group = pending.group
+            group.sids[body.channel] = sid
+            self._sid_group[sid] = group
+            self._last_seq[sid] = 0  # Kalshi numbers each subscription's messages from 1
+            pending.acks_left -= 1
+            if pending.acks_left <= 0:
+                del self._pending[cmd_id]
+                group.subscribe_id = None
+                if self._deferred:
+                    self._reconcile()
+            return Subscribed(cmd_id, body.channel, sid)
+        # ok / unsubscribed
+        if cmd_id is not None and pending is not None:
+            pending.acks_left -= 1
+            if pending.acks_left <= 0:
+                del self._pending[cmd_id]
+        return Acknowledged(cmd_id, env.type, env.sid)
+
+    def _fail(self, cmd_id: int | None, pending: _Pending | None) -> str | None:
+        """Undo what a refused command assumed; the markets are retried on the next change."""
+        if pending is None or cmd_id is None:
+            return None
+        del self._pending[cmd_id]
+        group = pending.group
+        if pending.kind == "subscribe" and group is not None:
+            self._groups.pop(group.gid, None)
+            sids = sorted(group.sids.values())
+            for sid in sids:  # channels that did get through must not leak
+                self._sid_group.pop(sid, None)
+                self._last_seq.pop(sid, None)
+            if sids:
+                self._command("unsubscribe", {"sids": sids}, _Pending("unsubscribe", None))
+        elif pending.kind == "add" and group is not None:
+            group.tickers.difference_update(pending.tickers)
+        return pending.kind
