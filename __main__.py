@@ -1,8 +1,19 @@
-"""Pulumi program entry point: config -> environment -> one top-level component."""
+"""Pulumi program entry point: stack config -> environment -> one top-level component.
 
-from ssmd_infra.environment import load_environment
+Everything is validated before the first resource is declared; a user error (bad stack
+config, invalid environment file, orphan/overlap symbols, bad stream limits) fails the
+program with the message alone, no traceback.
+"""
 
 import pulumi
 
-config = pulumi.Config("ssmd")
-environment = load_environment(config.require("environment"))
+from ssmd_infra.components import deploy
+from ssmd_infra.errors import SsmdError
+
+try:
+    environment = deploy(pulumi.get_stack())
+except SsmdError as exc:
+    raise pulumi.RunError(str(exc)) from None
+
+for key, value in environment.outputs.items():
+    pulumi.export(key, value)
