@@ -200,7 +200,10 @@ class _Wire(asyncio.Protocol):
 
 
 class JetStreamPublisher:
-    """Publishes to JetStream streams with acknowledgement, a bounded window and resends."""
+    """Publishes to JetStream streams with acknowledgement, a bounded window and resends.
+
+    Create it inside the running event loop it will be used on.
+    """
 
     def __init__(
         self,
