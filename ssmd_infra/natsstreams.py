@@ -20,6 +20,7 @@ stream looks like. Facts that shape it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import re
@@ -318,8 +319,42 @@ def verify_transforms(spec: StreamSpec, info: api.StreamInfo) -> None:
 # ----------------------------------------------------------------------------- server calls
 
 
-async def _quiet(_exc: Exception) -> None:
-    """nats-py prints connection errors by default; ours are raised as `SsmdError` instead."""
+async def _connect(nats_url: str, servers: list[str], timeout: float) -> Client:
+    """Connect, or fail once every server has refused (nats-py alone would retry forever)."""
+    loop = asyncio.get_running_loop()
+    failed: asyncio.Future[BaseException] = loop.create_future()
+    errors: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+        if len(errors) >= len(servers) and not failed.done():
+            failed.set_result(exc)
+
+    attempt = asyncio.ensure_future(
+        nats.connect(
+            servers=servers,
+            connect_timeout=timeout,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=on_error,
+            name="ssmd-streams",
+        )
+    )
+    waiters: set[asyncio.Future[Any]] = {attempt, failed}
+    done, _ = await asyncio.wait(
+        waiters, timeout=timeout * (len(servers) + 1), return_when=asyncio.FIRST_COMPLETED
+    )
+    if attempt in done and attempt.exception() is None:
+        return attempt.result()
+    if attempt in done:
+        reason: BaseException | None = attempt.exception()
+    else:
+        attempt.cancel()
+        with contextlib.suppress(BaseException):
+            await attempt
+        reason = failed.result() if failed.done() else None
+    text = f"{type(reason).__name__}: {reason}" if reason else f"no answer within {timeout:.0f}s"
+    raise SsmdError(f"cannot connect to NATS at {redact_url(nats_url)}: {text}")
 
 
 @asynccontextmanager
@@ -329,21 +364,7 @@ async def connect(nats_url: str, timeout: float = CONNECT_TIMEOUT) -> AsyncItera
     if problem:
         raise SsmdError(problem)
     servers = [u.strip() for u in nats_url.split(",")]
-    try:
-        nc = await asyncio.wait_for(
-            nats.connect(
-                servers=servers,
-                connect_timeout=timeout,
-                allow_reconnect=False,
-                max_reconnect_attempts=0,
-                error_cb=_quiet,
-                name="ssmd-streams",
-            ),
-            timeout * (len(servers) + 1),
-        )
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
-        reason = str(exc) or f"no server answered within {timeout:.0f}s ({type(exc).__name__})"
-        raise SsmdError(f"cannot connect to NATS at {redact_url(nats_url)}: {reason}") from None
+    nc = await _connect(nats_url, servers, timeout)
     try:
         await check_server(nc)
         yield nc

@@ -1,0 +1,358 @@
+"""Streams from `StreamSpec`s against a real nats-server (≥ 2.10, started by the test).
+
+The old-server and dropped-transform cases cannot be produced by a current server, and a fake
+NATS is not allowed: they are tested on the pure checks instead — the version check on a
+version string, and the transform-echo check on a real `StreamInfo` returned by the server
+with its transforms removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js import api
+
+from ssmd_infra import natsstreams
+from ssmd_infra.environment import Environment, parse_environment
+from ssmd_infra.errors import SsmdError
+from ssmd_infra.servers import ServerProcess, find_binary, free_port, start_nats
+from ssmd_infra.streams import StreamSpec, client_stream_spec, internal_stream_spec, stream_specs
+from ssmd_infra.subjects import client_subject, internal_subject
+
+ENV_TEMPLATE = """
+name: {name}
+feed: kalshi
+symbols:
+  BTCUSD: {{tier: 1}}
+  ETHUSD: {{tier: 1}}
+  KXHIGHNY-24DEC05-B43.5: {{tier: 2}}
+streams:
+  internal: {{max_age: 1h, max_bytes: 64Mi, max_msgs: 5000, duplicate_window: 90s}}
+  client: {{max_age: 1h, max_bytes: 64Mi, duplicate_window: 90s}}
+shards:
+  {p}a: {{selector: {{tier: 1, prefix: "BTC*"}}, replicas: 2}}
+  {p}b: {{selector: {{tier: 1}}, replicas: 2}}
+  {p}c: {{selector: {{tier: 2}}, replicas: 1}}
+"""
+
+
+def make_env(prefix: str) -> Environment:
+    return parse_environment(ENV_TEMPLATE.format(name=f"env-{prefix}", p=prefix), "test.yaml")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A private server: these tests list and delete streams, so they do not share one."""
+    proc = start_nats(tmp_path_factory.mktemp("nats-streams"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def nc(server: ServerProcess) -> AsyncIterator[Client]:
+    conn = await nats.connect(server.url)
+    yield conn
+    await conn.close()
+
+
+async def raw_config(nc: Client, name: str) -> dict[str, object]:
+    raw = await natsstreams.stream_raw_info(nc, name)
+    assert raw is not None, f"stream {name} does not exist"
+    config: dict[str, object] = raw["config"]
+    return config
+
+
+async def test_reconcile_creates_shard_streams_before_the_client_stream(
+    server: ServerProcess,
+) -> None:
+    env = make_env("cr")
+    actions = await natsstreams.reconcile_streams(server.url, stream_specs(env))
+    assert actions == [
+        "created stream ssmd-internal-cra",
+        "created stream ssmd-internal-crb",
+        "created stream ssmd-internal-crc",
+        "created stream ssmd-client",
+    ]
+    again = await natsstreams.reconcile_streams(server.url, stream_specs(env))
+    assert again == [f"unchanged stream {s.name}" for s in stream_specs(env)]
+
+
+async def test_created_streams_hold_exactly_the_spec(server: ServerProcess, nc: Client) -> None:
+    env = make_env("ex")
+    await natsstreams.reconcile_streams(server.url, stream_specs(env))
+    internal = await raw_config(nc, "ssmd-internal-exa")
+    assert internal["subjects"] == ["internal.exa.>"]
+    assert internal["max_msgs"] == 5000
+    assert internal["max_bytes"] == 64 * 2**20
+    assert internal["duplicate_window"] == 90 * 10**9
+    assert internal["max_age"] == 3600 * 10**9
+    assert (internal["storage"], internal["retention"], internal["discard"]) == (
+        "file",
+        "limits",
+        "old",
+    )
+    client = await raw_config(nc, "ssmd-client")
+    assert client.get("subjects") in (None, [])
+    assert client["duplicate_window"] == 90 * 10**9  # sourcing streams get none by default
+    assert client["sources"] == [
+        {
+            "name": f"ssmd-internal-ex{x}",
+            "subject_transforms": [{"src": f"internal.ex{x}.kalshi.>", "dest": "md.kalshi.>"}],
+        }
+        for x in "abc"
+    ]
+
+
+async def _wait_last(js: object, stream: str, subject: str) -> api.RawStreamMsg:
+    """The last message on `subject` once sourcing has copied it (sourcing is asynchronous)."""
+    for _ in range(200):
+        try:
+            return await js.get_last_msg(stream, subject)  # type: ignore[attr-defined, no-any-return]
+        except nats.js.errors.NotFoundError:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{subject} never reached {stream}")
+
+
+async def test_transforms_merge_every_shard_into_client_subjects(
+    server: ServerProcess, nc: Client
+) -> None:
+    env = make_env("tr")
+    await natsstreams.reconcile_streams(server.url, stream_specs(env))
+    js = nc.jetstream()
+    for shard, symbol in (("tra", "BTCUSD"), ("trc", "KXHIGHNY-24DEC05-B43.5")):
+        payload = json.dumps({"shard": shard, "symbol": symbol}).encode()
+        ack = await js.publish(internal_subject(shard, "kalshi", "trade", symbol), payload)
+        assert ack.stream == f"ssmd-internal-{shard}"
+        msg = await _wait_last(js, "ssmd-client", client_subject("kalshi", "trade", symbol))
+        assert msg.data == payload
+    assert (
+        client_subject("kalshi", "trade", "KXHIGHNY-24DEC05-B43.5")
+        == "md.kalshi.trade.KXHIGHNY-24DEC05-B43%2E5"
+    )
+
+
+async def test_a_message_id_published_twice_is_stored_once(
+    server: ServerProcess, nc: Client
+) -> None:
+    env = make_env("dd")
+    await natsstreams.reconcile_streams(server.url, stream_specs(env))
+    js = nc.jetstream()
+    subject = internal_subject("ddb", "kalshi", "trade", "ETHUSD")
+    first = await js.publish(subject, b"one", headers={"Nats-Msg-Id": "trade-1"})
+    second = await js.publish(subject, b"one again", headers={"Nats-Msg-Id": "trade-1"})
+    assert (first.duplicate, second.duplicate) in ((None, True), (False, True))
+    info = await js.stream_info("ssmd-internal-ddb")
+    assert info.state.messages == 1
+    msg = await _wait_last(js, "ssmd-client", client_subject("kalshi", "trade", "ETHUSD"))
+    assert msg.data == b"one"
+    client_subj = client_subject("kalshi", "trade", "ETHUSD")
+    client = await js.stream_info("ssmd-client", subjects_filter=client_subj)
+    assert client.state.subjects == {client_subj: 1}
+
+
+async def test_update_starts_from_the_server_config(server: ServerProcess, nc: Client) -> None:
+    env = make_env("up")
+    spec = internal_stream_spec(env, "upa")
+    await natsstreams.reconcile_streams(server.url, [spec])
+    # fields ssmd does not manage, changed out of band, must survive an ssmd update
+    current = await raw_config(nc, spec.name)
+    edited = {**current, "description": "operator note", "max_msgs_per_subject": 100}
+    reply = await nc.request(f"$JS.API.STREAM.UPDATE.{spec.name}", json.dumps(edited).encode())
+    assert "error" not in json.loads(reply.data)
+
+    bigger = dataclasses.replace(spec, max_bytes=128 * 2**20)
+    actions = await natsstreams.reconcile_streams(server.url, [bigger])
+    assert actions == ["updated stream ssmd-internal-upa: max_bytes 67108864 → 134217728"]
+    after = await raw_config(nc, spec.name)
+    assert after["max_bytes"] == 128 * 2**20
+    assert after["max_msgs"] == 5000
+    assert after["duplicate_window"] == 90 * 10**9
+    assert after["description"] == "operator note"
+    assert after["max_msgs_per_subject"] == 100
+
+
+async def test_changes_needing_a_replacement_are_refused_before_anything_changes(
+    server: ServerProcess, nc: Client
+) -> None:
+    env = make_env("rp")
+    specs = stream_specs(env)
+    await natsstreams.reconcile_streams(server.url, specs)
+    changed = [
+        dataclasses.replace(specs[0], max_bytes=32 * 2**20),  # updatable on its own
+        dataclasses.replace(specs[1], storage="memory"),  # needs a replacement
+        dataclasses.replace(specs[2], retention="workqueue"),  # needs a replacement
+        specs[3],
+    ]
+    with pytest.raises(SsmdError) as err:
+        await natsstreams.reconcile_streams(server.url, changed)
+    message = str(err.value)
+    assert "ssmd-internal-rpb: storage file → memory" in message
+    assert "ssmd-internal-rpc: retention limits → workqueue" in message
+    assert "deletes their stored messages" in message
+    assert (await raw_config(nc, "ssmd-internal-rpa"))["max_bytes"] == 64 * 2**20
+
+
+async def test_delete_absent_prefix_removes_streams_of_dropped_shards_only(
+    server: ServerProcess, nc: Client
+) -> None:
+    env = make_env("dl")
+    specs = stream_specs(env)
+    await natsstreams.reconcile_streams(server.url, specs)
+    js = nc.jetstream()
+    await js.add_stream(name="unrelated-dl", subjects=["unrelated.dl.>"])
+    remaining = [specs[0], specs[1], client_stream_spec(env, ["dla", "dlb"])]
+    actions = await natsstreams.reconcile_streams(
+        server.url, remaining, delete_absent_prefix="ssmd-internal-dl"
+    )
+    assert actions[-1] == "deleted stream ssmd-internal-dlc (not in the environment)"
+    assert "updated stream ssmd-client: sources" in actions[2]
+    names = await natsstreams.stream_names(nc)
+    assert "ssmd-internal-dlc" not in names
+    assert {"ssmd-internal-dla", "ssmd-internal-dlb", "unrelated-dl"} <= set(names)
+
+
+async def test_unreachable_nats_is_a_clear_error_without_a_hang() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    with pytest.raises(SsmdError, match=f"cannot connect to NATS at {url}"):
+        await natsstreams.reconcile_streams(url, stream_specs(make_env("un")))
+
+
+async def test_credentials_in_the_url_never_appear_in_errors() -> None:
+    url = f"nats://admin:hunter2@127.0.0.1:{free_port()}"
+    with pytest.raises(SsmdError) as err:
+        await natsstreams.reconcile_streams(url, stream_specs(make_env("cu")))
+    assert "hunter2" not in str(err.value)
+    assert "nats://***@127.0.0.1" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://nats:4222", "scheme must be one of"),
+        ("nats://:4222", "no host"),
+        ("nats://nats:notaport", "malformed NATS URL"),
+        ("", "non-empty"),
+    ],
+)
+async def test_malformed_nats_urls_are_refused(url: str, why: str) -> None:
+    with pytest.raises(SsmdError, match=why):
+        await natsstreams.reconcile_streams(url, stream_specs(make_env("mu")))
+
+
+async def test_invalid_specs_are_refused_before_connecting() -> None:
+    spec = internal_stream_spec(make_env("iv"), "iva")
+    bad = [dataclasses.replace(spec, max_bytes=0), dataclasses.replace(spec, name="x", max_age=-1)]
+    with pytest.raises(SsmdError) as err:
+        await natsstreams.reconcile_streams("nats://127.0.0.1:1", bad)
+    assert "stream 'ssmd-internal-iva': max_bytes must be positive" in str(err.value)
+    assert "stream 'x': max_age must be positive" in str(err.value)
+
+
+async def test_check_server_accepts_the_running_server(nc: Client) -> None:
+    await natsstreams.check_server(nc)
+
+
+@pytest.mark.parametrize("version", ["2.9.10", "2.9.25", "1.4.1"])
+def test_servers_older_than_2_10_are_refused_because_transforms_would_be_ignored(
+    version: str,
+) -> None:
+    with pytest.raises(SsmdError) as err:
+        natsstreams.require_server_version(version)
+    assert f"nats-server {version} is too old" in str(err.value)
+    assert "silently ignore" in str(err.value)
+
+
+@pytest.mark.parametrize("version", ["2.10.0", "2.11.4", "2.15.1", "v3.0.0-beta.1"])
+def test_servers_from_2_10_are_accepted(version: str) -> None:
+    natsstreams.require_server_version(version)
+
+
+async def test_a_stream_info_without_the_transforms_is_refused(
+    server: ServerProcess, nc: Client
+) -> None:
+    env = make_env("ve")
+    specs = stream_specs(env)
+    await natsstreams.reconcile_streams(server.url, specs)
+    info = await nc.jetstream().stream_info("ssmd-client")
+    natsstreams.verify_transforms(specs[-1], info)  # the real reply echoes them
+    assert info.config.sources is not None
+    stripped = dataclasses.replace(
+        info,
+        config=dataclasses.replace(
+            info.config,
+            sources=[dataclasses.replace(s, subject_transforms=None) for s in info.config.sources],
+        ),
+    )
+    with pytest.raises(SsmdError) as err:
+        natsstreams.verify_transforms(specs[-1], stripped)
+    assert "did not keep the subject transforms of stream 'ssmd-client'" in str(err.value)
+    assert "ssmd-internal-vea: internal.vea.kalshi.> → md.kalshi.>" in str(err.value)
+
+
+async def test_a_server_without_jetstream_is_a_clear_error(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):  # wait until it listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        with pytest.raises(SsmdError, match="JetStream is not enabled"):
+            await natsstreams.reconcile_streams(
+                f"nats://127.0.0.1:{port}", stream_specs(make_env("nj"))
+            )
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_to_stream_config_carries_every_field_of_the_spec() -> None:
+    env = make_env("sc")
+    config = natsstreams.to_stream_config(client_stream_spec(env))
+    assert config.name == "ssmd-client"
+    assert config.subjects is None
+    assert (config.storage, config.retention, config.discard) == (
+        api.StorageType.FILE,
+        api.RetentionPolicy.LIMITS,
+        api.DiscardPolicy.OLD,
+    )
+    assert (config.max_age, config.max_bytes, config.max_msgs) == (3600.0, 64 * 2**20, -1)
+    assert (config.num_replicas, config.duplicate_window) == (1, 90.0)
+    assert config.sources is not None
+    assert [(s.name, s.subject_transforms) for s in config.sources] == [
+        (f"ssmd-internal-sc{x}", [api.SubjectTransform(f"internal.sc{x}.kalshi.>", "md.kalshi.>")])
+        for x in "abc"
+    ]
+    internal = natsstreams.to_stream_config(internal_stream_spec(env, "sca"))
+    assert internal.subjects == ["internal.sca.>"]
+    assert internal.max_msgs == 5000
+
+
+def test_spec_round_trips_through_the_server_json_form() -> None:
+    for spec in stream_specs(make_env("rt")):
+        echoed = natsstreams.spec_from_config(natsstreams.desired_config_json(spec))
+        assert natsstreams.spec_differences(echoed, spec) == {}
+        assert echoed == spec
+
+
+def test_spec_differences_name_each_changed_field() -> None:
+    spec: StreamSpec = internal_stream_spec(make_env("df"), "dfa")
+    other = dataclasses.replace(spec, max_age=7200.0, replicas=3)
+    diffs = natsstreams.spec_differences(spec, other)
+    assert diffs == {"max_age": (3600.0, 7200.0), "replicas": (1, 3)}
+    assert natsstreams.describe_differences(diffs) == "max_age 3600 → 7200, replicas 1 → 3"
