@@ -44,11 +44,10 @@ class Declared:
     urn: str = ""
 
     @property
-    def ancestry(self) -> list[str]:
-        """Types of the enclosing components, outermost first (from the URN's type chain)."""
-        if not self.urn:
-            return []
-        return self.urn.split("::")[2].split("$")[:-1]
+    def parent_type(self) -> str | None:
+        """Type of the enclosing resource (Pulumi's URN carries the parent's type)."""
+        chain = self.urn.split("::")[2].split("$") if self.urn else []
+        return chain[-2] if len(chain) > 1 else None
 
     def manifest(self) -> dict[str, Any]:
         """The Kubernetes object as it would be applied (secrets unwrapped)."""
