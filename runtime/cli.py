@@ -5,3 +5,11 @@ from __future__ import annotations
 import typer
 
 run_app = typer.Typer(no_args_is_help=True, help="Run a runtime process (connector, archiver, simulator).")
+
+from runtime.connector import connector_command  # noqa: E402
+
+run_app.command("connector")(connector_command)
+
+from runtime.kalshi.simulator_cli import simulator_command  # noqa: E402
+
+run_app.command("simulator")(simulator_command)

@@ -34,7 +34,7 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from ssmd_infra.errors import ConfigError
@@ -120,8 +120,8 @@ class _Wire(asyncio.Protocol):
         self.outstanding_pings = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a TCP transport (uvloop's does not subclass asyncio.Transport, so no isinstance)
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.info.done():

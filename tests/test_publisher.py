@@ -158,3 +158,22 @@ def test_server_urls_are_parsed_and_unsupported_ones_refused() -> None:
         parse_servers("tls://nats:4222")
     with pytest.raises(ConfigError, match="no NATS server"):
         parse_servers(" , ")
+
+
+def test_the_publisher_works_on_uvloop_as_the_connector_runs_it(nats_url: str) -> None:
+    import uvloop
+
+    async def main() -> tuple[int, int]:
+        nc: Client = await nats.connect(nats_url)
+        js = nc.jetstream()
+        stream, prefix = await make_stream(js)
+        pub = JetStreamPublisher(nats_url)
+        await pub.start()
+        await publish_all(pub, [(f"{prefix}.t.X".encode(), b"p", b"u%d" % i) for i in range(500)])
+        assert await pub.drain(10)
+        await pub.close()
+        count = await stored(js, stream)
+        await nc.close()
+        return pub.stats.acked, count
+
+    assert uvloop.run(main()) == (500, 500)
