@@ -42,7 +42,6 @@ class DeploymentInputs:
     config: StackConfig
     env: Environment
     layout: Layout
-    environment_text: str
     internal_streams: dict[str, StreamSpec]
     client_stream: StreamSpec
     private_key: pulumi.Output[str] | None = None
@@ -90,7 +89,6 @@ def load_inputs(stack: str) -> DeploymentInputs:
         config=config,
         env=env,
         layout=layout,
-        environment_text=manifests.environment_text(env),
         internal_streams=internal,
         client_stream=client,
         private_key=private_key,
@@ -106,7 +104,6 @@ def _context(inputs: DeploymentInputs, shard: str, image: object) -> manifests.S
         layout=inputs.layout,
         shard=inputs.env.shards[shard],
         config=inputs.config,
-        environment_text=inputs.environment_text,
         image=image,
     )
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .environment import Environment, Shard
 from .errors import ConfigError
 from .resolution import Layout
@@ -98,7 +100,6 @@ class ShardContext:
     layout: Layout
     shard: Shard
     config: StackConfig
-    environment_text: str
     image: object  # str, or a Pulumi Output[str] (digest-pinned reference)
 
     @property
@@ -106,11 +107,23 @@ class ShardContext:
         return self.shard.name
 
 
-def environment_text(env: Environment) -> str:
-    """The environment file's own text: what the pods mount and resolve from."""
-    if env.file is None:
-        raise ConfigError(f"environment {env.name!r} was not loaded from a file")
-    return Path(env.file).read_text(encoding="utf-8")
+def shard_environment(env: Environment, layout: Layout, shard: str) -> str:
+    """The environment as one shard's pods see it: every shard and selector, its symbols only.
+
+    The runtime resolves its own symbols from this file. Keeping every shard's selector keeps
+    carve-outs resolving the same way; keeping only this shard's symbols (and pins) keeps the
+    ConfigMap small (an environment with tens of thousands of manual symbols would not fit in
+    one) and means an edit elsewhere does not roll this shard's pods.
+    """
+    data = env.model_dump(mode="json", by_alias=True)
+    mine = set(layout.symbols_of(shard))
+    data["symbols"] = {s: attrs for s, attrs in data["symbols"].items() if s in mine}
+    data["assignments"] = {s: t for s, t in data["assignments"].items() if t == shard}
+    header = (
+        f"# Shard {shard!r} of environment {env.name!r}, generated from {Path(env.file or '').name}"
+        f" by the ssmd Pulumi program:\n# every shard's selector, this shard's symbols only.\n"
+    )
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 
 def assignment(ctx: ShardContext) -> Obj:
@@ -151,7 +164,7 @@ def assignment(ctx: ShardContext) -> Obj:
 
 def config_data(ctx: ShardContext) -> dict[str, str]:
     data = {
-        "environment.yaml": ctx.environment_text,
+        "environment.yaml": shard_environment(ctx.env, ctx.layout, ctx.name),
         "assignment.json": json.dumps(assignment(ctx), indent=1, sort_keys=True) + "\n",
     }
     size = sum(len(v.encode()) for v in data.values())

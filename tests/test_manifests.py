@@ -134,7 +134,6 @@ def context(env_name: str = "kalshi-dev", **config: str) -> manifests.ShardConte
         layout=layout,
         shard=env.shards["tier1"],
         config=stack,
-        environment_text=manifests.environment_text(env),
         image="r.example.com/ssmd@sha256:" + "0" * 64,
     )
 
@@ -174,7 +173,6 @@ def test_a_config_map_over_the_kubernetes_limit_is_refused() -> None:
         env=env,
         layout=resolve(env, merge_symbols(env)),
         shard=env.shards["tier1"],
-        environment_text=text,
     )
     with pytest.raises(
         ConfigError, match=r"shard 'tier1': its ConfigMap would be .* over Kubernetes' 1 MiB"
@@ -192,7 +190,6 @@ def test_a_shard_name_too_long_for_a_statefulset_is_refused() -> None:
         env=env,
         layout=resolve(env, merge_symbols(env)),
         shard=env.shards[name],
-        environment_text=text,
     )
     with pytest.raises(ConfigError, match=f"shard '{name}': the archiver StatefulSet name"):
         manifests.shard_objects(ctx)

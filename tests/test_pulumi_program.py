@@ -18,7 +18,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from ssmd_infra.environment import parse_environment
 from ssmd_infra.pulumi_offline import SECRET_SIG, OfflineRun, run_program, unwrap_secrets
+from ssmd_infra.resolution import resolve
+from ssmd_infra.secmaster import merge_symbols
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAM = REPO / "__main__.py"
@@ -355,7 +358,9 @@ def test_config_map_holds_the_shard_assignment(four: OfflineRun, test_env_file: 
     configmap = by_name(four, CONFIGMAP)["btc-config"]
     assert configmap["metadata"]["name"] == "ssmd-shard-btc"
     assert configmap["metadata"]["namespace"] == "ssmd-prod"
-    assert configmap["data"]["environment.yaml"] == test_env_file.read_text()
+    shard_env = parse_environment(configmap["data"]["environment.yaml"], "environment.yaml")
+    assert shard_env.name == "test-env"
+    assert list(shard_env.symbols) == ["BTCUSD", "BTC-25DEC-T100000"]
     btc = assignment_of(four, "btc")
     assert btc["shard"] == "btc" and btc["feed"] == "kalshi" and btc["environment"] == "test-env"
     assert btc["selector"] == {"tier": "1", "prefix": "BTC*"}
@@ -374,6 +379,17 @@ def test_config_map_holds_the_shard_assignment(four: OfflineRun, test_env_file: 
     assert politics["pins"] == {"FED-25DEC-T4.25": "politics"}
     assert politics["symbols"] == ["FED-25DEC-T4.25", "PRES-2028-DEM"]
     assert assignment_of(four, "tier2")["symbols"] == ["KXHIGHNY-24DEC05-B43.5"]
+
+
+def test_each_shard_environment_resolves_to_exactly_its_symbols(four: OfflineRun) -> None:
+    """The pods resolve from the shard's own environment.yaml: it must agree with the plan."""
+    for shard in ("btc", "tier1", "tier2", "politics"):
+        text = by_name(four, CONFIGMAP)[f"{shard}-config"]["data"]["environment.yaml"]
+        env = parse_environment(text, f"{shard}/environment.yaml")
+        assert list(env.shards) == ["btc", "tier1", "tier2", "politics"]
+        layout = resolve(env, merge_symbols(env))
+        assert layout.by_shard[shard] == assignment_of(four, shard)["symbols"]
+        assert all(not symbols for name, symbols in layout.by_shard.items() if name != shard)
 
 
 def test_pod_templates_carry_the_checksum_of_their_config_map(four: OfflineRun) -> None:
