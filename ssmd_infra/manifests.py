@@ -115,15 +115,32 @@ def shard_environment(env: Environment, layout: Layout, shard: str) -> str:
     ConfigMap small (an environment with tens of thousands of manual symbols would not fit in
     one) and means an edit elsewhere does not roll this shard's pods.
     """
-    data = env.model_dump(mode="json", by_alias=True)
-    mine = set(layout.symbols_of(shard))
-    data["symbols"] = {s: attrs for s, attrs in data["symbols"].items() if s in mine}
-    data["assignments"] = {s: t for s, t in data["assignments"].items() if t == shard}
+    data = env.model_dump(mode="json", by_alias=True, exclude={"symbols"})
+    data["assignments"] = {s: t for s, t in env.assignments.items() if t == shard}
     header = (
         f"# Shard {shard!r} of environment {env.name!r}, generated from {Path(env.file or '').name}"
         f" by the ssmd Pulumi program:\n# every shard's selector, this shard's symbols only.\n"
     )
-    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's emitter when present
+    body = yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True, width=100)
+    return header + body + _symbols_block(env, layout.symbols_of(shard))
+
+
+def _symbols_block(env: Environment, symbols: list[str]) -> str:
+    """`symbols:` one per line in flow style, JSON-quoted (valid YAML, and fast to write).
+
+    A YAML emitter takes seconds for tens of thousands of symbols; JSON strings are YAML
+    double-quoted scalars, so this is exact for any ticker (dots, quotes, unicode).
+    """
+    if not symbols:
+        return "symbols: {}\n"
+    lines = ["symbols:"]
+    for symbol in (s for s in symbols if s in env.symbols):
+        attrs = ", ".join(
+            f"{json.dumps(k)}: {json.dumps(v)}" for k, v in env.symbols[symbol].items()
+        )
+        lines.append(f"  {json.dumps(symbol)}: {{{attrs}}}")
+    return "\n".join(lines) + "\n"
 
 
 def assignment(ctx: ShardContext) -> Obj:
