@@ -360,7 +360,7 @@ def test_config_map_holds_the_shard_assignment(four: OfflineRun, test_env_file: 
     assert configmap["metadata"]["namespace"] == "ssmd-prod"
     shard_env = parse_environment(configmap["data"]["environment.yaml"], "environment.yaml")
     assert shard_env.name == "test-env"
-    assert list(shard_env.symbols) == ["BTCUSD", "BTC-25DEC-T100000"]
+    assert list(shard_env.symbols) == ["BTC-25DEC-T100000", "BTCUSD"]
     btc = assignment_of(four, "btc")
     assert btc["shard"] == "btc" and btc["feed"] == "kalshi" and btc["environment"] == "test-env"
     assert btc["selector"] == {"tier": "1", "prefix": "BTC*"}
