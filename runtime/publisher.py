@@ -142,10 +142,20 @@ class _Wire(asyncio.Protocol):
         pos = 0
         size = len(buf)
         acks: list[tuple[int, bytes]] = []
-        ack_match = self._owner._ack_line.match
+        owner = self._owner
+        plain_match = owner._plain_ack.match
+        settle = owner._inflight.pop
+        settled = 0
+        ack_match = owner._ack_line.match
         while pos < size:
+            found = plain_match(buf, pos)
+            if found is not None:  # by far the most common: "stored", nothing else to know
+                if settle(int(found[1]), None) is not None:
+                    settled += 1
+                pos = found.end()
+                continue
             found = ack_match(buf, pos)
-            if found is not None:  # the common case: a PubAck on our inbox
+            if found is not None:  # any other PubAck on our inbox (duplicate, error)
                 start = found.end()
                 stop = start + int(found[2])
                 if stop + 2 > size:
@@ -195,8 +205,8 @@ class _Wire(asyncio.Protocol):
                 self.error = line[5:].strip(b" '").decode("utf-8", "replace")
                 log.warning("nats server error: %s", self.error)
         del buf[:pos]
-        if acks:
-            self._owner._on_acks(acks)
+        if acks or settled:
+            owner._on_acks(acks, settled)
 
 
 class JetStreamPublisher:
@@ -236,6 +246,12 @@ class JetStreamPublisher:
         self._inbox = f"_INBOX.{os.urandom(8).hex()}"
         self._reply_prefix = (self._inbox + ".").encode()
         # `MSG {inbox}.{id} {sid} {size}`: a PubAck for us, parsed by one regex match
+        # the whole of a plain PubAck (`{"stream":…,"seq":…}`), matched in one go
+        self._plain_ack = re.compile(
+            rb"MSG "
+            + re.escape(self._reply_prefix)
+            + rb'(\d+) \d+ \d+\r\n\{"stream":"[^"\r\n]*","seq":\d+\}\r\n'
+        )
         self._ack_line = re.compile(
             rb"MSG " + re.escape(self._reply_prefix) + rb"(\d+) \d+ (\d+)\r\n"
         )
@@ -332,10 +348,11 @@ class JetStreamPublisher:
         inflight = self._inflight
         inflight[ident] = (subject, payload, msg_id, 1)
         self.stats.submitted += 1
-        if len(inflight) >= self._max_inflight:
-            self._room.clear()
-        if len(inflight) == 1:
+        depth = len(inflight)
+        if depth == 1:
             self._idle.clear()
+        if depth >= self._max_inflight:
+            self._room.clear()
         if self._wire is not None:
             hdr = b"NATS/1.0\r\nNats-Msg-Id: " + msg_id + b"\r\n\r\n"
             hdr_len = len(hdr)
@@ -396,11 +413,13 @@ class JetStreamPublisher:
         except ValueError:
             return None
 
-    def _on_acks(self, acks: list[tuple[int, bytes]]) -> None:
-        """Settle acknowledged messages; a refusal (`error` in the PubAck, or a 503 status
-        when no stream listens) is resent after `ack_timeout`, like a lost acknowledgement."""
+    def _on_acks(self, acks: list[tuple[int, bytes]], settled: int = 0) -> None:
+        """Settle acknowledged messages (`settled` plain ones were already removed from the
+        window by the parser); a refusal (`error` in the PubAck, or a 503 status when no
+        stream listens) is resent after `ack_timeout`, like a lost acknowledgement."""
         inflight = self._inflight
         stats = self.stats
+        stats.acked += settled
         for ident, body in acks:
             pending = inflight.pop(ident, None)
             if pending is None:

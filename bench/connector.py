@@ -1,0 +1,533 @@
+"""Connector benchmark: CPU per message against a naive pass-through measured in the same run.
+
+    .venv/bin/python bench/connector.py [--paced-seconds 10] [--backlog 200000] [--seconds 60]
+
+Every consumer runs as its own process and is measured from outside (psutil CPU times of
+that process; messages counted in the shard's JetStream stream), so the figures are the
+process's own cost, not the exchange's or the server's:
+
+- baseline: the naive pass-through — websockets receive → msgspec extraction of
+  type/ticker/trade id → nats-py `publish` with `Nats-Msg-Id` (core publish, no ack),
+  `flush()` every 10k messages; uvloop, like the connector;
+- connector: `ssmd run connector` exactly as deployed (acknowledged publishing).
+
+(a) paced: the Kalshi simulator sends 10k msg/s (100 markets x 100/s); CPU µs per message
+    over a steady window. Goal: connector ≤ 0.6x baseline.
+(b) backlogged: a replay exchange has N frames ready and writes them as fast as the
+    consumer reads; messages per CPU-second until all N are in the stream.
+    Goal: connector ≥ 1.2x baseline.
+(c) overload, `drop_oldest`: the replay exchange writes without pause for `--seconds`
+    while nats-server is stopped (SIGSTOP) for the last two thirds, so the exchange offers
+    at least 3x what the NATS path accepts; the connector's RSS is sampled throughout
+    (goal: under its 256 MiB request) and its drops must show in its metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import msgspec  # noqa: E402
+import nats  # noqa: E402
+import psutil  # noqa: E402
+
+from ssmd_infra.servers import free_port, start_nats  # noqa: E402
+from ssmd_infra.subjects import internal_stream, internal_subject  # noqa: E402
+
+SHARD = "bench"
+FEED = "kalshi"
+MARKETS = [f"KXBENCH-25DEC31-B{i}.5" for i in range(100)]
+
+
+def env_yaml(capacity: int = 10000, policy: str = "drop_oldest") -> str:
+    symbols = "\n".join(f"  {m}: {{tier: 1}}" for m in MARKETS)
+    return f"""name: bench
+feed: {FEED}
+symbols:
+{symbols}
+streams:
+  internal: {{max_age: 1h, max_bytes: 2Gi, duplicate_window: 2m}}
+shards:
+  {SHARD}:
+    selector: {{tier: 1}}
+    replicas: 1
+    resources: {{cpu: 500m, memory: 256Mi}}
+    buffer: {{capacity: {capacity}, drop_policy: {policy}}}
+"""
+
+
+# -- roles run as child processes -------------------------------------------------------------
+
+
+class _Body(msgspec.Struct):
+    market_ticker: str = ""
+    trade_id: str | None = None
+
+
+class _Envelope(msgspec.Struct):
+    type: str
+    seq: int | None = None
+    msg: _Body | None = None
+
+
+async def role_baseline(ws_url: str, nats_url: str) -> None:
+    """The naive pass-through the connector is compared with."""
+    import websockets
+
+    decode = msgspec.json.Decoder(_Envelope).decode
+    nc = await nats.connect(nats_url)
+    async with websockets.connect(ws_url, compression=None, max_queue=64, max_size=4 << 20) as ws:
+        command = {
+            "id": 1,
+            "cmd": "subscribe",
+            "params": {"channels": ["trade", "ticker"], "market_tickers": MARKETS},
+        }
+        await ws.send(json.dumps(command))
+        count = 0
+        while True:
+            data = await ws.recv(decode=False)
+            env = decode(data)
+            if env.msg is None or env.type not in ("trade", "ticker"):
+                continue
+            ticker = env.msg.market_ticker
+            msg_id = env.msg.trade_id or f"{env.type}:{ticker}:{env.seq}"
+            await nc.publish(
+                internal_subject(SHARD, FEED, env.type, ticker),
+                data,
+                headers={"Nats-Msg-Id": msg_id},
+            )
+            count += 1
+            if count % 10000 == 0:
+                await nc.flush()
+
+
+def _ws_frame(payload: bytes) -> bytes:
+    """One unmasked server-to-client text frame."""
+    n = len(payload)
+    if n < 126:
+        return bytes([0x81, n]) + payload
+    if n < 65536:
+        return bytes([0x81, 126]) + n.to_bytes(2, "big") + payload
+    return bytes([0x81, 127]) + n.to_bytes(8, "big") + payload
+
+
+def _trade(seq: int, ticker: str) -> bytes:
+    yes = 5 + seq % 90
+    body = (
+        b'{"trade_id":"%032x","market_ticker":"%s","yes_price":%d,"no_price":%d,'
+        b'"yes_price_dollars":"0.%02d00","no_price_dollars":"0.%02d00","count":%d,'
+        b'"count_fp":"%d.00","taker_side":"yes","ts":1764547200}'
+        % (seq, ticker.encode(), yes, 100 - yes, yes, 100 - yes, seq % 500 + 1, seq % 500 + 1)
+    )
+    return b'{"type":"trade","sid":1,"seq":%d,"msg":%s}' % (seq, body)
+
+
+def _chunk(start: int, count: int) -> bytes:
+    return b"".join(
+        _ws_frame(_trade(seq, MARKETS[seq % len(MARKETS)])) for seq in range(start, start + count)
+    )
+
+
+async def role_replay(port: int, total: int, endless: bool) -> None:
+    """A minimal Kalshi WS v2 endpoint that, on "go" (stdin), writes pre-framed trades as
+    fast as the client reads them. Writing raw frames keeps this process off the critical
+    path, so the consumer is the bottleneck."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    chunk = 1000
+    ready: list[bytes] = (
+        []
+        if endless
+        else [_chunk(start, min(chunk, total + 1 - start)) for start in range(1, total + 1, chunk)]
+    )
+    go = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(sys.stdin.fileno(), lambda: (sys.stdin.readline(), go.set()))
+
+    async def blast(ws: ServerConnection) -> None:
+        await go.wait()
+        transport = ws.transport
+        seq = 1
+        index = 0
+        while True:
+            if endless:
+                data = _chunk(seq, chunk)
+                seq += chunk
+            else:
+                if index >= len(ready):
+                    return
+                data = ready[index]
+                index += 1
+            transport.write(data)
+            while transport.get_write_buffer_size() > 4 << 20:
+                await asyncio.sleep(0.001)
+                if ws.state.name != "OPEN":
+                    return
+
+    blasts: set[asyncio.Task[None]] = set()
+
+    async def handler(ws: ServerConnection) -> None:
+        sids = 0
+        async for message in ws:
+            cmd = json.loads(message)
+            if cmd.get("cmd") == "subscribe":
+                for channel in cmd["params"]["channels"]:
+                    sids += 1
+                    await ws.send(
+                        json.dumps(
+                            {
+                                "type": "subscribed",
+                                "id": cmd["id"],
+                                "msg": {"channel": channel, "sid": sids},
+                            }
+                        )
+                    )
+                print("subscribed", flush=True)
+                blasts.add(asyncio.create_task(blast(ws)))
+            elif cmd.get("cmd") in ("update_subscription", "unsubscribe"):
+                await ws.send(json.dumps({"type": "ok", "id": cmd["id"], "sid": 1}))
+
+    async with serve(handler, "127.0.0.1", port, compression=None, max_queue=64):
+        print("listening", flush=True)
+        await asyncio.Future()
+
+
+async def role_sim(port: int, rate: float) -> None:
+    from runtime.kalshi.simulator import KalshiSimulator
+
+    sim = KalshiSimulator({m: {} for m in MARKETS}, rate_per_market=rate, port=port, tick=0.001)
+    await sim.start()
+    print("listening", flush=True)
+    await asyncio.Future()
+
+
+# -- orchestration ----------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.nats = start_nats(workdir / "nats")
+        self.env_file = workdir / "bench.yaml"
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def child(
+        self, args: list[str], extra_env: dict[str, str] | None = None, stdin: bool = False
+    ) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"child-{len(self.children)}.log", "wb")  # noqa: SIM115
+        env = {**os.environ, **(extra_env or {})}
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        )
+        self.children.append(proc)
+        return proc
+
+    def role(self, *args: str, stdin: bool = False) -> subprocess.Popen[bytes]:
+        return self.child(
+            [sys.executable, str(Path(__file__).resolve()), "--role", *args], stdin=stdin
+        )
+
+    def connector(self, ws_url: str, metrics_port: int) -> subprocess.Popen[bytes]:
+        return self.child(
+            [
+                sys.executable,
+                "-m",
+                "ssmd_infra",
+                "run",
+                "connector",
+                str(self.env_file),
+                SHARD,
+                "--nats-url",
+                self.nats.url,
+                "--kalshi-ws-url",
+                ws_url,
+                "--metrics-port",
+                str(metrics_port),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+
+    def baseline(self, ws_url: str) -> subprocess.Popen[bytes]:
+        return self.role("baseline", ws_url, self.nats.url)
+
+    async def reset_stream(self) -> None:
+        from ssmd_infra.environment import load_environment
+        from ssmd_infra.natsstreams import reconcile_streams
+        from ssmd_infra.streams import internal_stream_spec
+
+        env = load_environment(self.env_file)
+        await reconcile_streams(self.nats.url, [internal_stream_spec(env, SHARD)])
+        nc = await nats.connect(self.nats.url)
+        await nc.jetstream().purge_stream(internal_stream(SHARD))
+        await nc.close()
+
+    async def stored(self) -> int:
+        nc = await nats.connect(self.nats.url)
+        try:
+            return int((await nc.jetstream().stream_info(internal_stream(SHARD))).state.messages)
+        finally:
+            await nc.close()
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        for proc in self.children:
+            with contextlib.suppress(Exception):
+                self.stop(proc)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.nats.proc.pid, signal.SIGCONT)
+        self.nats.stop()
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def wait_line(proc: subprocess.Popen[bytes], expected: str) -> None:
+    assert proc.stdout is not None
+    while True:
+        line = proc.stdout.readline().decode()
+        if not line:
+            raise RuntimeError(f"child exited before printing {expected!r}")
+        if line.strip() == expected:
+            return
+
+
+async def wait_stored(bench: Bench, at_least: int, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        count = await bench.stored()
+        if count >= at_least or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.1)
+
+
+async def paced(bench: Bench, which: str, seconds: float) -> dict[str, float]:
+    await bench.reset_stream()
+    port = free_port()
+    sim = bench.role("sim", str(port), "100")
+    wait_line(sim, "listening")
+    ws_url = f"ws://127.0.0.1:{port}/trade-api/ws/v2"
+    consumer = (
+        bench.baseline(ws_url) if which == "baseline" else bench.connector(ws_url, free_port())
+    )
+    try:
+        await wait_stored(bench, 1, 30)
+        await asyncio.sleep(3.0)  # warm up: steady state only
+        ps = psutil.Process(consumer.pid)
+        cpu0, n0, t0 = cpu_seconds(ps), await bench.stored(), time.monotonic()
+        await asyncio.sleep(seconds)
+        cpu1, n1, t1 = cpu_seconds(ps), await bench.stored(), time.monotonic()
+    finally:
+        bench.stop(consumer)
+        bench.stop(sim)
+    count = n1 - n0
+    return {
+        "messages": count,
+        "rate": count / (t1 - t0),
+        "cpu_s": cpu1 - cpu0,
+        "us_per_msg": (cpu1 - cpu0) / count * 1e6 if count else float("nan"),
+    }
+
+
+async def backlogged(bench: Bench, which: str, total: int) -> dict[str, float]:
+    await bench.reset_stream()
+    port = free_port()
+    replay = bench.role("replay", str(port), str(total), "0", stdin=True)
+    wait_line(replay, "listening")
+    ws_url = f"ws://127.0.0.1:{port}"
+    consumer = (
+        bench.baseline(ws_url) if which == "baseline" else bench.connector(ws_url, free_port())
+    )
+    try:
+        wait_line(replay, "subscribed")
+        await asyncio.sleep(1.0)  # the consumer has finished starting up
+        ps = psutil.Process(consumer.pid)
+        cpu0, t0 = cpu_seconds(ps), time.monotonic()
+        assert replay.stdin is not None
+        replay.stdin.write(b"go\n")
+        replay.stdin.flush()
+        last, stable_since = -1, time.monotonic()
+        while True:
+            count = await bench.stored()
+            if count >= total:
+                break
+            if count != last:
+                last, stable_since = count, time.monotonic()
+            elif time.monotonic() - stable_since > 3.0:
+                break  # nothing more is coming (a lossy consumer)
+            await asyncio.sleep(0.05)
+        cpu1, t1 = cpu_seconds(ps), time.monotonic()
+    finally:
+        bench.stop(consumer)
+        bench.stop(replay)
+    return {
+        "messages": count,
+        "lost": total - count,
+        "wall_s": t1 - t0,
+        "cpu_s": cpu1 - cpu0,
+        "msgs_per_cpu_s": count / (cpu1 - cpu0) if cpu1 > cpu0 else float("nan"),
+    }
+
+
+async def scrape(port: int) -> dict[str, float]:
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as http:
+        text = await (await http.get(f"http://127.0.0.1:{port}/metrics")).text()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+async def overload(bench: Bench, seconds: float) -> dict[str, Any]:
+    await bench.reset_stream()
+    port = free_port()
+    replay = bench.role("replay", str(port), "0", "1", stdin=True)
+    wait_line(replay, "listening")
+    metrics_port = free_port()
+    consumer = bench.connector(f"ws://127.0.0.1:{port}", metrics_port)
+    stopped = False
+    rss: list[int] = []
+    try:
+        wait_line(replay, "subscribed")
+        await asyncio.sleep(1.0)
+        ps = psutil.Process(consumer.pid)
+        assert replay.stdin is not None
+        replay.stdin.write(b"go\n")
+        replay.stdin.flush()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            if not stopped and time.monotonic() - t0 >= seconds / 3:
+                os.kill(bench.nats.proc.pid, signal.SIGSTOP)
+                stopped = True
+            rss.append(int(ps.memory_info().rss))
+            await asyncio.sleep(0.25)
+        metrics = await scrape(metrics_port)
+        alive = consumer.poll() is None
+    finally:
+        if stopped:
+            os.kill(bench.nats.proc.pid, signal.SIGCONT)
+        bench.stop(replay)
+    try:
+        await asyncio.sleep(3.0)  # NATS is back: the connector resumes publishing
+        after = await scrape(metrics_port)
+    finally:
+        bench.stop(consumer)
+    received = metrics.get("ssmd_connector_messages_total", 0.0)
+    published = metrics.get("ssmd_connector_published_total", 0.0)
+    return {
+        "seconds": seconds,
+        "received": int(received),
+        "offered_rate": received / seconds,
+        "published_during": int(published),
+        "overload_factor": received / published if published else float("inf"),
+        "dropped": int(metrics.get("ssmd_connector_dropped_total", 0.0)),
+        "buffer_depth_max_metric": int(metrics.get("ssmd_connector_buffer_depth", 0.0)),
+        "rss_start_mib": rss[0] / 2**20,
+        "rss_max_mib": max(rss) / 2**20,
+        "alive_through_overload": alive,
+        "published_after_nats_returned": int(
+            after.get("ssmd_connector_published_total", 0.0) - published
+        ),
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="ssmd-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        bench.env_file.write_text(env_yaml())
+        results: dict[str, Any] = {}
+        try:
+            for which in ("baseline", "connector"):
+                results[f"paced_{which}"] = await paced(bench, which, args.paced_seconds)
+                print(f"(a) paced 10k msg/s   {which:9s}: {results[f'paced_{which}']}", flush=True)
+            for which in ("baseline", "connector"):
+                results[f"backlog_{which}"] = await backlogged(bench, which, args.backlog)
+                print(
+                    f"(b) backlogged        {which:9s}: {results[f'backlog_{which}']}", flush=True
+                )
+            results["overload"] = await overload(bench, args.seconds)
+            print(f"(c) overload (NATS stopped 2/3 of the time): {results['overload']}", flush=True)
+        finally:
+            bench.close()
+    a = results["paced_connector"]["us_per_msg"] / results["paced_baseline"]["us_per_msg"]
+    b = (
+        results["backlog_connector"]["msgs_per_cpu_s"]
+        / results["backlog_baseline"]["msgs_per_cpu_s"]
+    )
+    o = results["overload"]
+    print()
+    print(
+        f"(a) paced CPU/msg: connector {results['paced_connector']['us_per_msg']:.1f} µs vs "
+        f"baseline {results['paced_baseline']['us_per_msg']:.1f} µs = {a:.2f}x (goal ≤ 0.6x)"
+    )
+    print(
+        f"(b) backlogged: connector {results['backlog_connector']['msgs_per_cpu_s']:,.0f} vs "
+        f"baseline {results['backlog_baseline']['msgs_per_cpu_s']:,.0f} msgs/CPU-s = {b:.2f}x "
+        f"(goal ≥ 1.2x); baseline lost {results['backlog_baseline']['lost']}, connector lost "
+        f"{results['backlog_connector']['lost']}"
+    )
+    print(
+        f"(c) overload {o['seconds']:.0f}s: offered {o['offered_rate']:,.0f} msg/s, "
+        f"{o['overload_factor']:.1f}x what NATS accepted; RSS max {o['rss_max_mib']:.0f} MiB "
+        f"(goal < 256), dropped {o['dropped']:,} (counted), alive={o['alive_through_overload']}, "
+        f"published after NATS returned {o['published_after_nats_returned']:,}"
+    )
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--paced-seconds", type=float, default=10.0)
+    parser.add_argument("--backlog", type=int, default=200_000)
+    parser.add_argument("--seconds", type=float, default=60.0, help="overload duration")
+    args = parser.parse_args()
+    if args.role:
+        import uvloop
+
+        role, *rest = args.role
+        if role == "baseline":
+            uvloop.run(role_baseline(rest[0], rest[1]))
+        elif role == "replay":
+            uvloop.run(role_replay(int(rest[0]), int(rest[1]), rest[2] == "1"))
+        elif role == "sim":
+            uvloop.run(role_sim(int(rest[0]), float(rest[1])))
+        return
+    asyncio.run(main(args))
+
+
+if __name__ == "__main__":
+    cli()
