@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 from collections import deque
@@ -56,6 +57,7 @@ from ssmd_infra.subjects import internal_subject
 log = logging.getLogger("ssmd.connector")
 
 DEFAULT_CHANNELS = ("trade", "ticker")
+_SAFE_TYPE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a message type becomes one subject token
 RATE_WINDOW_SECONDS = 10.0  # ssmd_connector_message_rate and per-symbol rates average over this
 STARTUP_RETRY_SECONDS = 5.0  # secmaster retry after a failed first fetch (not the full interval)
 
@@ -157,6 +159,7 @@ class Connector:
         self.subscribed: frozenset[str] = frozenset()  # what this replica asked to subscribe
         self.secmaster_failures = 0
         self.received = 0
+        self.rejected = 0  # frames whose type/ticker/id cannot be published safely
         self._subjects: dict[tuple[str, str], bytes] = {}
         self._subject_bound = 4096
         self._symbol_counts: dict[str, int] = {}
@@ -181,6 +184,12 @@ class Connector:
         subject = self._subjects.get((frame.msg_type, ticker))
         if subject is None:
             subject = self._subject(frame.msg_type, ticker)
+            if subject is None:
+                return
+        msg_id = frame.msg_id
+        if "\r" in msg_id or "\n" in msg_id:  # would break the header block: never forward
+            self.rejected += 1
+            return
         counts = self._symbol_counts
         if ticker in counts:
             counts[ticker] += 1
@@ -189,13 +198,20 @@ class Connector:
         publisher = self.publisher
         buffer = self.buffer
         if not len(buffer) and publisher.room > 0:
-            publisher.publish(subject, frame.raw, frame.msg_id.encode())
+            publisher.publish(subject, frame.raw, msg_id.encode())
         elif buffer.policy == "block":
-            await buffer.put((subject, frame.raw, frame.msg_id.encode()))
+            await buffer.put((subject, frame.raw, msg_id.encode()))
         else:
-            buffer.offer((subject, frame.raw, frame.msg_id.encode()))
+            buffer.offer((subject, frame.raw, msg_id.encode()))
 
-    def _subject(self, msg_type: str, ticker: str) -> bytes:
+    def _subject(self, msg_type: str, ticker: str) -> bytes | None:
+        """The subject of a (type, ticker) not seen before, or None (counted) when the exchange
+        sent a type that cannot be a subject token or a ticker with control characters."""
+        if not _SAFE_TYPE.match(msg_type) or any(ord(c) < 32 for c in ticker):
+            self.rejected += 1
+            if self.rejected <= 10:
+                log.warning("rejected a frame with type %r, ticker %r", msg_type, ticker)
+            return None
         if len(self._subjects) >= self._subject_bound:
             self._subjects.clear()  # bounded: types × symbols of the shard, plus strays
         subject = internal_subject(self.shard, self.env.feed, msg_type, ticker).encode()
@@ -271,6 +287,14 @@ class Connector:
     async def run(self) -> None:
         """Run until `stop()`; raises `SsmdError` (e.g. refused credentials) on a fatal error."""
         first = await self._first_symbols()
+        if self._metrics_port is not None:
+            self.health = HealthServer(self.registry, self._health, self._metrics_port)
+            try:
+                await self.health.start()
+            except OSError as exc:
+                raise SsmdError(
+                    f"cannot serve metrics on port {self._metrics_port}: {exc.strerror}"
+                ) from None
         self.client = KalshiWsClient(
             self._kalshi_ws_url,
             self._signer,
@@ -279,9 +303,6 @@ class Connector:
             **self._client_options,
         )
         await self.publisher.start()
-        if self._metrics_port is not None:
-            self.health = HealthServer(self.registry, self._health, self._metrics_port)
-            await self.health.start()
         await self.membership.heartbeat()
         await self._apply_subscriptions()
         self._spawn(self._run_client(), "kalshi-ws")
@@ -575,6 +596,7 @@ class _ConnectorCollector(Collector):
         )
         dropped.add_metric([c.shard, "buffer_full"], c.buffer.dropped)
         dropped.add_metric([c.shard, "publish_failed"], pub.given_up)
+        dropped.add_metric([c.shard, "rejected"], c.rejected)
         yield dropped
         yield counter(
             "ssmd_connector_sequence_gaps",

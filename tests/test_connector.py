@@ -536,3 +536,21 @@ def test_half_set_credentials_are_refused(monkeypatch: pytest.MonkeyPatch) -> No
         signer_from_environment()
     monkeypatch.delenv("KALSHI_API_KEY_ID")
     assert signer_from_environment() is None
+
+
+async def test_frames_that_cannot_be_published_safely_are_rejected_and_counted(
+    nats_url: str,
+) -> None:
+    from runtime.kalshi.protocol import Frame
+
+    env = parse_environment(env_text("rej"), "rej.yaml")
+    connector = Connector(
+        env, "arej", nats_url=nats_url, kalshi_ws_url="ws://127.0.0.1:1", metrics_port=None
+    )
+    await connector.on_frame(Frame(b"{}", "trade.x", "BTCUSD", "t-1"))  # type with a dot
+    await connector.on_frame(Frame(b"{}", "trade", "BTC\r\nUSD", "t-2"))  # control characters
+    await connector.on_frame(Frame(b"{}", "trade", "BTCUSD", "t-3\r\nX: y"))  # header injection
+    await connector.on_frame(Frame(b"{}", "trade", "KXHIGHNY-24DEC05-B43.5", "t-4"))
+    assert connector.rejected == 3
+    assert connector.publisher.stats.submitted == 1
+    assert connector.received == 4
