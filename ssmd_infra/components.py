@@ -70,10 +70,23 @@ def _raw_config() -> tuple[dict[str, object], set[str]]:
 def load_inputs(stack: str) -> DeploymentInputs:
     """Read and validate stack config, environment, resolution and streams; raise `ConfigError`."""
     values, secret = _raw_config()
-    # A first pass names missing/malformed keys even when the environment cannot be loaded.
-    parse_stack_config(stack, values, secret_keys=secret)
-    env = load_environment(str(values["environment"]).strip())
-    config = parse_stack_config(stack, values, secret_keys=secret, feed=env.feed)
+    env: Environment | None = None
+    env_error: ConfigError | None = None
+    env_ref = str(values.get("environment") or "").strip()
+    if env_ref:
+        try:
+            env = load_environment(env_ref)
+        except ConfigError as exc:
+            env_error = exc
+    try:
+        config = parse_stack_config(
+            stack, values, secret_keys=secret, feed=env.feed if env is not None else None
+        )
+    except ConfigError as exc:  # report the stack's and the environment's problems together
+        raise ConfigError(exc.problems + (env_error.problems if env_error else [])) from None
+    if env_error is not None:
+        raise env_error
+    assert env is not None
     universe = merge_symbols(env)
     layout = resolve(env, universe, complete_universe=env.secmaster.source == "manual")
     internal = {name: internal_stream_spec(env, name) for name in env.shards}

@@ -633,6 +633,17 @@ def test_an_unknown_stack_key_is_refused(base_config: dict[str, str]) -> None:
     assert "ssmd:natsURL: unknown stack config key" in message
 
 
+def test_stack_and_environment_problems_are_reported_together(
+    base_config: dict[str, str], test_env_file: Path
+) -> None:
+    test_env_file.write_text(TEST_ENV.replace("replicas: 3\n", "replicas: three\n"))
+    config = {**base_config, "environment": str(test_env_file), "redisUrl": "mysql://db"}
+    message = refused(config)
+    assert message.startswith("2 problems:")
+    assert "Pulumi.kalshi-prod.yaml: ssmd:redisUrl: malformed Redis URL" in message
+    assert f"{test_env_file}:" in message and "shards.tier1.replicas" in message
+
+
 def test_every_stack_config_problem_is_reported_at_once(base_config: dict[str, str]) -> None:
     config = {
         **base_config,
