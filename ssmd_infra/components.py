@@ -33,6 +33,8 @@ from .subjects import CLIENT_STREAM, client_feed_wildcard, internal_wildcard
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO_ROOT / "runtime" / "Dockerfile"
+# Placeholder while the objects are built for validation; `with_image` puts in the build's ref.
+IMAGE_PENDING = "image-pending"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class DeploymentInputs:
     layout: Layout
     internal_streams: dict[str, StreamSpec]
     client_stream: StreamSpec
+    # every shard's objects, built (and so checked) before any resource is declared
+    shard_objects: dict[str, manifests.ShardObjects]
     private_key: pulumi.Output[str] | None = None
 
 
@@ -98,27 +102,36 @@ def load_inputs(stack: str) -> DeploymentInputs:
     ]
     ConfigError.collect(problems)
     private_key = pulumi.Config(PREFIX).get_secret(PRIVATE_KEY) if config.has_private_key else None
-    inputs = DeploymentInputs(
+    objects = {
+        name: manifests.shard_objects(
+            manifests.ShardContext(env, layout, env.shards[name], config, image=IMAGE_PENDING)
+        )
+        for name in env.shards
+    }
+    return DeploymentInputs(
         config=config,
         env=env,
         layout=layout,
         internal_streams=internal,
         client_stream=client,
+        shard_objects=objects,
         private_key=private_key,
     )
-    for name in env.shards:  # builds (and so checks) every shard's objects up front
-        manifests.shard_objects(_context(inputs, name, image="validation"))
-    return inputs
 
 
-def _context(inputs: DeploymentInputs, shard: str, image: object) -> manifests.ShardContext:
-    return manifests.ShardContext(
-        env=inputs.env,
-        layout=inputs.layout,
-        shard=inputs.env.shards[shard],
-        config=inputs.config,
-        image=image,
-    )
+def _summary(inputs: DeploymentInputs, shard: str) -> dict[str, Any]:
+    """A shard's stack output: what `pulumi stack output shards` shows operators."""
+    spec = inputs.env.shards[shard]
+    return {
+        "symbols": len(inputs.layout.symbols_of(shard)),
+        "symbols_complete": inputs.env.secmaster.source == "manual",
+        "subjects": internal_wildcard(shard),
+        "stream": inputs.internal_streams[shard].name,
+        "connector": manifests.connector_name(shard),
+        "archiver": manifests.archiver_name(shard),
+        "replicas": {"min": spec.min_replicas, "max": spec.replicas},
+        "config_checksum": inputs.shard_objects[shard].checksum,
+    }
 
 
 def _snake(name: str) -> str:
@@ -151,7 +164,9 @@ def _k8s(
 class ShardArgs:
     """Inputs of one shard's component."""
 
-    context: manifests.ShardContext
+    name: str
+    objects: manifests.ShardObjects
+    summary: dict[str, Any]
     stream: StreamSpec
     nats_admin_url: str
     depends_on: list[pulumi.Resource] = field(default_factory=list)
@@ -166,10 +181,9 @@ class ShardComponent(pulumi.ComponentResource):
         super().__init__("ssmd:index:Shard", name, None, opts)
         from .pulumi_stream import NatsStream
 
-        ctx = args.context
-        objects = manifests.shard_objects(ctx)
+        objects = args.objects
         child = pulumi.ResourceOptions(parent=self, depends_on=args.depends_on)
-        shard = ctx.name
+        shard = args.name
         self.config_map = _k8s("ConfigMap", f"{shard}-config", objects.config_map, child)
         self.stream = NatsStream(
             f"{shard}-stream", args.stream, args.nats_admin_url, pulumi.ResourceOptions(parent=self)
@@ -197,17 +211,7 @@ class ShardComponent(pulumi.ComponentResource):
                 depends_on=[*args.depends_on, self.config_map, self.stream, self.archiver_service],
             ),
         )
-        symbols = ctx.layout.symbols_of(shard)
-        self.summary: dict[str, Any] = {
-            "symbols": len(symbols),
-            "symbols_complete": ctx.env.secmaster.source == "manual",
-            "subjects": internal_wildcard(shard),
-            "stream": args.stream.name,
-            "connector": manifests.connector_name(shard),
-            "archiver": manifests.archiver_name(shard),
-            "replicas": {"min": ctx.shard.min_replicas, "max": ctx.shard.replicas},
-            "config_checksum": objects.checksum,
-        }
+        self.summary = args.summary
         self.register_outputs(self.summary)
 
 
@@ -263,7 +267,9 @@ class EnvironmentComponent(pulumi.ComponentResource):
             self.shards[shard] = ShardComponent(
                 shard,
                 ShardArgs(
-                    context=_context(inputs, shard, self.image_ref),
+                    name=shard,
+                    objects=inputs.shard_objects[shard].with_image(self.image_ref),
+                    summary=_summary(inputs, shard),
                     stream=inputs.internal_streams[shard],
                     nats_admin_url=config.nats_admin_url,
                     depends_on=list(base),

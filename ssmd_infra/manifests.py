@@ -14,6 +14,8 @@ persistent volume per shard) and its headless Service.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -520,6 +522,19 @@ class ShardObjects:
     archiver: Obj
     archiver_service: Obj
     checksum: str
+
+    def with_image(self, image: object) -> ShardObjects:
+        """The same objects running `image` (the build's output, known only to Pulumi)."""
+
+        def swap(workload: Obj) -> Obj:
+            copied = copy.deepcopy(workload)
+            for container in copied["spec"]["template"]["spec"]["containers"]:
+                container["image"] = image
+            return copied
+
+        return dataclasses.replace(
+            self, connector=swap(self.connector), archiver=swap(self.archiver)
+        )
 
     def all(self) -> list[Obj]:
         return [
