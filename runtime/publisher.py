@@ -245,18 +245,19 @@ class JetStreamPublisher:
         self._ping_interval = ping_interval
         self._inbox = f"_INBOX.{os.urandom(8).hex()}"
         self._reply_prefix = (self._inbox + ".").encode()
-        # `MSG {inbox}.{id} {sid} {size}`: a PubAck for us, parsed by one regex match
         # the whole of a plain PubAck (`{"stream":…,"seq":…}`), matched in one go
         self._plain_ack = re.compile(
             rb"MSG "
             + re.escape(self._reply_prefix)
             + rb'(\d+) \d+ \d+\r\n\{"stream":"[^"\r\n]*","seq":\d+\}\r\n'
         )
+        # `MSG {inbox}.{id} {sid} {size}`: any other reply to us
         self._ack_line = re.compile(
             rb"MSG " + re.escape(self._reply_prefix) + rb"(\d+) \d+ (\d+)\r\n"
         )
         self._loop = asyncio.get_running_loop()
         self._inflight: dict[int, _Pending] = {}
+        self._max_payload = 1 << 20  # the server's default until its INFO says otherwise
         self._next_id = 0
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -343,6 +344,16 @@ class JetStreamPublisher:
         Publishing past a full window is allowed (it never loses the message) but defeats
         the memory bound; the connector only publishes when there is room.
         """
+        if len(payload) + len(msg_id) + 27 > self._max_payload:  # 27: the header's fixed part
+            # the server would answer -ERR and close the connection: refuse it here, counted
+            self.stats.given_up += 1
+            log.error(
+                "message %s of %d bytes exceeds the server's max_payload %d; dropped",
+                msg_id.decode(),
+                len(payload),
+                self._max_payload,
+            )
+            return
         ident = self._next_id
         self._next_id = ident + 1
         inflight = self._inflight
@@ -554,6 +565,7 @@ class JetStreamPublisher:
                 raise ConnectionError(
                     "the server requires TLS, which this publisher does not speak"
                 )
+            self._max_payload = int(info.get("max_payload", self._max_payload))
             if not info.get("headers", False):
                 raise ConnectionError("the server does not support message headers (NATS ≥ 2.2)")
             options: dict[str, Any] = {

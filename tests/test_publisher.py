@@ -177,3 +177,18 @@ def test_the_publisher_works_on_uvloop_as_the_connector_runs_it(nats_url: str) -
         return pub.stats.acked, count
 
     assert uvloop.run(main()) == (500, 500)
+
+
+async def test_a_message_over_the_servers_max_payload_is_refused_without_losing_the_connection(
+    nats_url: str, js: JetStreamContext
+) -> None:
+    stream, prefix = await make_stream(js)
+    pub = JetStreamPublisher(nats_url)
+    await pub.start()
+    assert await pub.wait_connected(5)
+    pub.publish(f"{prefix}.big".encode(), b"x" * (1 << 20), b"big-1")
+    pub.publish(f"{prefix}.small".encode(), b"ok", b"small-1")
+    assert await pub.drain(5)
+    await pub.close()
+    assert pub.stats.given_up == 1 and pub.stats.acked == 1 and pub.stats.reconnects == 0
+    assert await stored(js, stream) == 1
