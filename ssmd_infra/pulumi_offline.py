@@ -11,6 +11,7 @@ image gets a `sha256:` digest derived from its inputs and a digest-pinned `ref`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -132,6 +133,20 @@ def _attach_urns(run: OfflineRun, monitor: MockMonitor) -> None:
     ]
 
 
+def _usable_event_loop() -> None:
+    """Pulumi's runtime drives the thread's current event loop; make sure one is open.
+
+    Under pytest, an asyncio test may have closed the loop or left none set.
+    """
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        closed = loop.is_closed()
+    except RuntimeError:
+        closed = True
+    if closed:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 @contextlib.contextmanager
 def _cwd(path: Path) -> Iterator[None]:
     before = Path.cwd()
@@ -155,6 +170,7 @@ def run_program(
     Raises what the program raises (a `pulumi.RunError` for user errors); the resources
     recorded up to then are in the exception's `offline_run` attribute.
     """
+    _usable_event_loop()
     mocks = RecordingMocks()
     monitor = MockMonitor(mocks)
     pulumi_settings.ROOT.set(None)

@@ -261,6 +261,13 @@ async def test_check_server_accepts_the_running_server(nc: Client) -> None:
     await natsstreams.check_server(nc)
 
 
+async def test_check_server_refuses_a_connection_reporting_an_old_version(nc: Client) -> None:
+    """The INFO of a real connection, with the version an old server (Debian's 2.9.10) sends."""
+    nc._server_info = {**nc._server_info, "version": "2.9.10"}
+    with pytest.raises(SsmdError, match=r"nats-server 2\.9\.10 is too old: ssmd needs ≥ 2\.10"):
+        await natsstreams.check_server(nc)
+
+
 @pytest.mark.parametrize("version", ["2.9.10", "2.9.25", "1.4.1"])
 def test_servers_older_than_2_10_are_refused_because_transforms_would_be_ignored(
     version: str,

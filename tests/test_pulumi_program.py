@@ -15,6 +15,7 @@ from typing import Any
 
 import pulumi
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -496,6 +497,18 @@ def test_kalshi_prod_outputs_say_the_symbol_list_is_resolved_at_runtime(prod: Of
     tier1 = prod.outputs["shards"]["tier1"]
     assert tier1["symbols"] == 5  # the manual symbols; the Kalshi secmaster adds the rest live
     assert tier1["symbols_complete"] is False
+
+
+def test_the_committed_kalshi_prod_stack_file_deploys(private_key: str) -> None:
+    """Pulumi.kalshi-prod.yaml as committed, plus the secret key an operator sets."""
+    stack = yaml.safe_load((REPO / "Pulumi.kalshi-prod.yaml").read_text())["config"]
+    config = {key.removeprefix("ssmd:"): str(value) for key, value in stack.items()}
+    assert "kalshiPrivateKey" not in config  # never committed in clear
+    result = run({**config, "kalshiPrivateKey": private_key})
+    assert result.outputs["namespace"] == config["namespace"]
+    assert sorted(result.outputs["shards"]) == ["tier1", "tier2"]
+    streams = {r.name: r.inputs for r in result.of_type(STREAM)}
+    assert {s["nats_url"] for s in streams.values()} == {config["natsAdminUrl"]}
 
 
 # ----------------------------------------------------------------------------- the private key
