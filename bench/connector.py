@@ -1,6 +1,7 @@
 """Connector benchmark: CPU per message against a naive pass-through measured in the same run.
 
     .venv/bin/python bench/connector.py [--paced-seconds 10] [--backlog 200000] [--seconds 60]
+                                        [--repeat 3]
 
 Every consumer runs as its own process and is measured from outside (psutil CPU times of
 that process; messages counted in the shard's JetStream stream), so the figures are the
@@ -31,6 +32,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -469,45 +471,73 @@ async def overload(bench: Bench, seconds: float) -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    """Baseline and connector alternate, `--repeat` times each: the machine is shared, so the
+    ratio of medians of interleaved runs is what is reported."""
+    paced_ratios: list[float] = []
+    backlog_ratios: list[float] = []
+    runs: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="ssmd-bench-") as tmp:
         bench = Bench(Path(tmp))
         bench.env_file.write_text(env_yaml())
-        results: dict[str, Any] = {}
         try:
-            for which in ("baseline", "connector"):
-                results[f"paced_{which}"] = await paced(bench, which, args.paced_seconds)
-                print(f"(a) paced 10k msg/s   {which:9s}: {results[f'paced_{which}']}", flush=True)
-            for which in ("baseline", "connector"):
-                results[f"backlog_{which}"] = await backlogged(bench, which, args.backlog)
-                print(
-                    f"(b) backlogged        {which:9s}: {results[f'backlog_{which}']}", flush=True
+            for _ in range(args.repeat):
+                row = {}
+                for which in ("baseline", "connector"):
+                    row[which] = await paced(bench, which, args.paced_seconds)
+                    runs.setdefault(f"paced_{which}", []).append(row[which])
+                    print(f"(a) paced 10k msg/s   {which:9s}: {fmt(row[which])}", flush=True)
+                paced_ratios.append(row["connector"]["us_per_msg"] / row["baseline"]["us_per_msg"])
+            for _ in range(args.repeat):
+                row = {}
+                for which in ("baseline", "connector"):
+                    row[which] = await backlogged(bench, which, args.backlog)
+                    runs.setdefault(f"backlog_{which}", []).append(row[which])
+                    print(f"(b) backlogged        {which:9s}: {fmt(row[which])}", flush=True)
+                backlog_ratios.append(
+                    row["connector"]["msgs_per_cpu_s"] / row["baseline"]["msgs_per_cpu_s"]
                 )
-            results["overload"] = await overload(bench, args.seconds)
-            print(f"(c) overload (NATS stopped 2/3 of the time): {results['overload']}", flush=True)
+            o = await overload(bench, args.seconds)
+            print(f"(c) overload: {fmt(o)}", flush=True)
         finally:
             bench.close()
-    a = results["paced_connector"]["us_per_msg"] / results["paced_baseline"]["us_per_msg"]
-    b = (
-        results["backlog_connector"]["msgs_per_cpu_s"]
-        / results["backlog_baseline"]["msgs_per_cpu_s"]
-    )
-    o = results["overload"]
+
+    def med(key: str, field: str) -> float:
+        return statistics.median(r[field] for r in runs[key])
+
     print()
     print(
-        f"(a) paced CPU/msg: connector {results['paced_connector']['us_per_msg']:.1f} µs vs "
-        f"baseline {results['paced_baseline']['us_per_msg']:.1f} µs = {a:.2f}x (goal ≤ 0.6x)"
+        f"(a) paced 10k msg/s, CPU per message (median of {args.repeat}): connector "
+        f"{med('paced_connector', 'us_per_msg'):.1f} µs, baseline "
+        f"{med('paced_baseline', 'us_per_msg'):.1f} µs; ratio "
+        f"{statistics.median(paced_ratios):.2f}x (runs: "
+        f"{', '.join(f'{r:.2f}' for r in paced_ratios)}; goal ≤ 0.6x)"
     )
     print(
-        f"(b) backlogged: connector {results['backlog_connector']['msgs_per_cpu_s']:,.0f} vs "
-        f"baseline {results['backlog_baseline']['msgs_per_cpu_s']:,.0f} msgs/CPU-s = {b:.2f}x "
-        f"(goal ≥ 1.2x); baseline lost {results['backlog_baseline']['lost']}, connector lost "
-        f"{results['backlog_connector']['lost']}"
+        f"(b) backlogged {args.backlog:,} msgs, msgs per CPU-second (median of {args.repeat}): "
+        f"connector {med('backlog_connector', 'msgs_per_cpu_s'):,.0f}, baseline "
+        f"{med('backlog_baseline', 'msgs_per_cpu_s'):,.0f}; ratio "
+        f"{statistics.median(backlog_ratios):.2f}x (runs: "
+        f"{', '.join(f'{r:.2f}' for r in backlog_ratios)}; goal ≥ 1.2x); lost: baseline "
+        f"{sum(r['lost'] for r in runs['backlog_baseline'])}, connector "
+        f"{sum(r['lost'] for r in runs['backlog_connector'])}"
     )
     print(
-        f"(c) overload {o['seconds']:.0f}s: offered {o['offered_rate']:,.0f} msg/s, "
-        f"{o['overload_factor']:.1f}x what NATS accepted; RSS max {o['rss_max_mib']:.0f} MiB "
-        f"(goal < 256), dropped {o['dropped']:,} (counted), alive={o['alive_through_overload']}, "
-        f"published after NATS returned {o['published_after_nats_returned']:,}"
+        f"(c) overload {o['seconds']:.0f}s, drop_oldest: offered {o['offered_rate']:,.0f} msg/s = "
+        f"{o['overload_factor']:.1f}x what NATS accepted; RSS {o['rss_start_mib']:.0f} → max "
+        f"{o['rss_max_mib']:.0f} MiB (goal < 256); dropped {o['dropped']:,} (counted); "
+        f"alive={o['alive_through_overload']}; published in 3 s after NATS returned: "
+        f"{o['published_after_nats_returned']:,}"
+    )
+
+
+def fmt(values: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:,.2f}"
+        if isinstance(v, float)
+        else f"{k}={v:,}"
+        if isinstance(v, int) and not isinstance(v, bool)
+        else f"{k}={v}"
+        for k, v in values.items()
     )
 
 
@@ -519,6 +549,7 @@ def cli() -> None:
     parser.add_argument("--paced-seconds", type=float, default=10.0)
     parser.add_argument("--backlog", type=int, default=200_000)
     parser.add_argument("--seconds", type=float, default=60.0, help="overload duration")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of (a) and (b)")
     args = parser.parse_args()
     if args.role:
         import uvloop
