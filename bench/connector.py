@@ -127,13 +127,26 @@ def _ws_frame(payload: bytes) -> bytes:
     return bytes([0x81, 127]) + n.to_bytes(8, "big") + payload
 
 
+# every replay run has its own trade ids: the stream's duplicate window must not hide a run
+_RUN = os.getpid() << 40
+
+
 def _trade(seq: int, ticker: str) -> bytes:
     yes = 5 + seq % 90
     body = (
         b'{"trade_id":"%032x","market_ticker":"%s","yes_price":%d,"no_price":%d,'
         b'"yes_price_dollars":"0.%02d00","no_price_dollars":"0.%02d00","count":%d,'
         b'"count_fp":"%d.00","taker_side":"yes","ts":1764547200}'
-        % (seq, ticker.encode(), yes, 100 - yes, yes, 100 - yes, seq % 500 + 1, seq % 500 + 1)
+        % (
+            _RUN + seq,
+            ticker.encode(),
+            yes,
+            100 - yes,
+            yes,
+            100 - yes,
+            seq % 500 + 1,
+            seq % 500 + 1,
+        )
     )
     return b'{"type":"trade","sid":1,"seq":%d,"msg":%s}' % (seq, body)
 
@@ -211,7 +224,9 @@ async def role_replay(port: int, total: int, endless: bool) -> None:
 async def role_sim(port: int, rate: float) -> None:
     from runtime.kalshi.simulator import KalshiSimulator
 
-    sim = KalshiSimulator({m: {} for m in MARKETS}, rate_per_market=rate, port=port, tick=0.001)
+    sim = KalshiSimulator(
+        {m: {} for m in MARKETS}, rate_per_market=rate, port=port, tick=0.001, seed=os.getpid()
+    )  # a seed per run: trade ids never repeat across runs
     await sim.start()
     print("listening", flush=True)
     await asyncio.Future()
@@ -278,10 +293,11 @@ class Bench:
         from ssmd_infra.streams import internal_stream_spec
 
         env = load_environment(self.env_file)
-        await reconcile_streams(self.nats.url, [internal_stream_spec(env, SHARD)])
         nc = await nats.connect(self.nats.url)
-        await nc.jetstream().purge_stream(internal_stream(SHARD))
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await nc.jetstream().delete_stream(internal_stream(SHARD))  # also forgets msg ids
         await nc.close()
+        await reconcile_streams(self.nats.url, [internal_stream_spec(env, SHARD)])
 
     async def stored(self) -> int:
         nc = await nats.connect(self.nats.url)
@@ -385,6 +401,8 @@ async def backlogged(bench: Bench, which: str, total: int) -> dict[str, float]:
             count = await bench.stored()
             if count >= total:
                 break
+            if count == 0 and time.monotonic() - t0 > 10:
+                raise RuntimeError(f"{which}: nothing reached the stream in 10 s")
             if count != last:
                 last, stable_since = count, time.monotonic()
             elif time.monotonic() - stable_since > 3.0:
@@ -493,9 +511,10 @@ async def main(args: argparse.Namespace) -> None:
                     row[which] = await backlogged(bench, which, args.backlog)
                     runs.setdefault(f"backlog_{which}", []).append(row[which])
                     print(f"(b) backlogged        {which:9s}: {fmt(row[which])}", flush=True)
-                backlog_ratios.append(
-                    row["connector"]["msgs_per_cpu_s"] / row["baseline"]["msgs_per_cpu_s"]
-                )
+                if row["baseline"]["msgs_per_cpu_s"] > 0:
+                    backlog_ratios.append(
+                        row["connector"]["msgs_per_cpu_s"] / row["baseline"]["msgs_per_cpu_s"]
+                    )
             o = await overload(bench, args.seconds)
             print(f"(c) overload: {fmt(o)}", flush=True)
         finally:

@@ -98,6 +98,7 @@ class Membership:
         self.healthy = False  # whether the last heartbeat reached Redis
         self.failures = 0
         self._owned: set[str] = set()
+        self._split_for: tuple[tuple[str, ...], frozenset[str]] | None = None
         self._releasing: dict[str, float] = {}  # symbol → keep until (clock); ≤ shard symbols
 
     @property
@@ -154,12 +155,15 @@ class Membership:
         member of this shard will pick them up, so there is nothing to hand over.
         """
         now = self._clock()
-        shard_symbols = set(symbols)
+        shard_symbols = frozenset(symbols)
         members = self._members
-        if len(members) == 1:
-            owned = shard_symbols
+        if self._split_for == (members, shard_symbols):
+            owned = self._owned  # nothing changed: skip hashing every symbol again
+        elif len(members) == 1:
+            owned = set(shard_symbols)
         else:
             owned = {s for s in shard_symbols if owner_of(s, members) == self.member}
+        self._split_for = (members, shard_symbols)
         for symbol in self._owned - owned:
             if symbol in shard_symbols:
                 self._releasing[symbol] = now + self.heartbeat_seconds
