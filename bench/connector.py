@@ -86,6 +86,41 @@ class _Envelope(msgspec.Struct):
     msg: _Body | None = None
 
 
+async def role_floor(ws_url: str, seconds: float) -> None:
+    """WebSocket receive alone (websockets, as the Kalshi client uses it): the cost floor of
+    any Python consumer of the feed. Measures itself over a steady window and prints it."""
+    import resource
+
+    import websockets
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    async with websockets.connect(ws_url, compression=None, max_queue=64, max_size=4 << 20) as ws:
+        command = {
+            "id": 1,
+            "cmd": "subscribe",
+            "params": {"channels": ["trade", "ticker"], "market_tickers": MARKETS},
+        }
+        await ws.send(json.dumps(command))
+        count = 0
+
+        async def read() -> None:
+            nonlocal count
+            while True:
+                await ws.recv(decode=False)
+                count += 1
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(3.0)
+        cpu0, n0 = cpu(), count
+        await asyncio.sleep(seconds)
+        cpu1, n1 = cpu(), count
+        reader.cancel()
+    print(f"floor {(cpu1 - cpu0) / (n1 - n0) * 1e6:.2f} {n1 - n0}", flush=True)
+
+
 async def role_baseline(ws_url: str, nats_url: str) -> None:
     """The naive pass-through the connector is compared with."""
     import websockets
@@ -376,6 +411,20 @@ async def paced(bench: Bench, which: str, seconds: float) -> dict[str, float]:
     }
 
 
+async def floor(bench: Bench, seconds: float) -> dict[str, float]:
+    port = free_port()
+    sim = bench.role("sim", str(port), "100")
+    wait_line(sim, "listening")
+    consumer = bench.role("floor", f"ws://127.0.0.1:{port}/trade-api/ws/v2", str(seconds))
+    try:
+        assert consumer.stdout is not None
+        words = consumer.stdout.readline().decode().split()
+    finally:
+        bench.stop(consumer)
+        bench.stop(sim)
+    return {"us_per_msg": float(words[1]), "messages": int(words[2])}
+
+
 async def backlogged(bench: Bench, which: str, total: int) -> dict[str, float]:
     # `block`: a consumer that outruns the NATS path waits (TCP back-pressure) instead of
     # dropping, so both sides forward all `total` messages and the ratio compares like work
@@ -505,6 +554,9 @@ async def main(args: argparse.Namespace) -> None:
                     runs.setdefault(f"paced_{which}", []).append(row[which])
                     print(f"(a) paced 10k msg/s   {which:9s}: {fmt(row[which])}", flush=True)
                 paced_ratios.append(row["connector"]["us_per_msg"] / row["baseline"]["us_per_msg"])
+                row["floor"] = await floor(bench, args.paced_seconds)
+                runs.setdefault("paced_floor", []).append(row["floor"])
+                print(f"(a) paced 10k msg/s   ws floor : {fmt(row['floor'])}", flush=True)
             for _ in range(args.repeat):
                 row = {}
                 for which in ("baseline", "connector"):
@@ -529,7 +581,8 @@ async def main(args: argparse.Namespace) -> None:
         f"{med('paced_connector', 'us_per_msg'):.1f} µs, baseline "
         f"{med('paced_baseline', 'us_per_msg'):.1f} µs; ratio "
         f"{statistics.median(paced_ratios):.2f}x (runs: "
-        f"{', '.join(f'{r:.2f}' for r in paced_ratios)}; goal ≤ 0.6x)"
+        f"{', '.join(f'{r:.2f}' for r in paced_ratios)}; goal ≤ 0.6x); websockets receive "
+        f"alone: {med('paced_floor', 'us_per_msg'):.1f} µs"
     )
     print(
         f"(b) backlogged {args.backlog:,} msgs, msgs per CPU-second (median of {args.repeat}): "
@@ -578,6 +631,8 @@ def cli() -> None:
             uvloop.run(role_baseline(rest[0], rest[1]))
         elif role == "replay":
             uvloop.run(role_replay(int(rest[0]), int(rest[1]), rest[2] == "1"))
+        elif role == "floor":
+            uvloop.run(role_floor(rest[0], float(rest[1])))
         elif role == "sim":
             uvloop.run(role_sim(int(rest[0]), float(rest[1])))
         return
