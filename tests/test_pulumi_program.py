@@ -499,6 +499,16 @@ def test_kalshi_prod_outputs_say_the_symbol_list_is_resolved_at_runtime(prod: Of
     assert tier1["symbols_complete"] is False
 
 
+def test_preview_declares_the_same_resources_as_up(
+    base_config: dict[str, str], prod: OfflineRun
+) -> None:
+    """`pulumi preview` is the shard plan: it must show exactly what `up` would do."""
+    plan = run(base_config, preview=True)
+    assert sorted((r.type, r.name) for r in plan.resources) == sorted(
+        (r.type, r.name) for r in prod.resources
+    )
+
+
 def test_the_committed_kalshi_prod_stack_file_deploys(private_key: str) -> None:
     """Pulumi.kalshi-prod.yaml as committed, plus the secret key an operator sets."""
     stack = yaml.safe_load((REPO / "Pulumi.kalshi-prod.yaml").read_text())["config"]
