@@ -470,6 +470,49 @@ async def backlogged(bench: Bench, which: str, total: int) -> dict[str, float]:
     }
 
 
+async def publisher_alone(bench: Bench, total: int) -> dict[str, float]:
+    """`JetStreamPublisher` alone, in this process: CPU per acknowledged message (288-byte
+    payloads, window-limited), and nats-py publishing the same with a header, no ack."""
+    import resource
+
+    from runtime.publisher import JetStreamPublisher
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    payload = b"x" * 288
+    subject = internal_subject(SHARD, FEED, "trade", MARKETS[0]).encode()
+    await bench.reset_stream()
+    pub = JetStreamPublisher(bench.nats.url)
+    await pub.start()
+    await pub.wait_connected(10)
+    c0 = cpu()
+    for i in range(total):
+        while pub.room <= 0:
+            await pub.wait_for_room()
+        pub.publish(subject, payload, b"pub-%d" % i)
+    await pub.drain(60)
+    acked_cpu = cpu() - c0
+    await pub.close()
+    stored = await bench.stored()
+    await bench.reset_stream()
+    nc = await nats.connect(bench.nats.url)
+    c0 = cpu()
+    for i in range(total):
+        await nc.publish(subject.decode(), payload, headers={"Nats-Msg-Id": f"nats-py-{i}"})
+        if i % 10000 == 9999:
+            await nc.flush()
+    await nc.flush()
+    plain_cpu = cpu() - c0
+    await nc.close()
+    return {
+        "acked_us_per_msg": acked_cpu / total * 1e6,
+        "acked_stored": stored,
+        "nats_py_no_ack_us_per_msg": plain_cpu / total * 1e6,
+    }
+
+
 async def scrape(port: int) -> dict[str, float]:
     import aiohttp
     from prometheus_client.parser import text_string_to_metric_families
@@ -567,6 +610,8 @@ async def main(args: argparse.Namespace) -> None:
                     backlog_ratios.append(
                         row["connector"]["msgs_per_cpu_s"] / row["baseline"]["msgs_per_cpu_s"]
                     )
+            alone = await publisher_alone(bench, args.backlog)
+            print(f"(d) publisher alone: {fmt(alone)}", flush=True)
             o = await overload(bench, args.seconds)
             print(f"(c) overload: {fmt(o)}", flush=True)
         finally:
@@ -592,6 +637,11 @@ async def main(args: argparse.Namespace) -> None:
         f"{', '.join(f'{r:.2f}' for r in backlog_ratios)}; goal ≥ 1.2x); lost: baseline "
         f"{sum(r['lost'] for r in runs['backlog_baseline'])}, connector "
         f"{sum(r['lost'] for r in runs['backlog_connector'])}"
+    )
+    print(
+        f"(d) publishing alone, CPU per message: acknowledged (runtime/publisher.py) "
+        f"{alone['acked_us_per_msg']:.2f} µs ({alone['acked_stored']:,} stored); nats-py "
+        f"publish with a header, no ack {alone['nats_py_no_ack_us_per_msg']:.2f} µs"
     )
     print(
         f"(c) overload {o['seconds']:.0f}s, drop_oldest: offered {o['offered_rate']:,.0f} msg/s = "
