@@ -396,7 +396,10 @@ async def test_a_dead_replicas_symbols_move_to_the_survivor_within_the_member_tt
     async with running(survivor):
         proc = await spawn_connector(env_file, setup, redis_url)
         try:
-            await eventually(lambda: len(survivor.membership.members) == 2, "the peer joins")
+            # a process start-up (imports, connections) can be slow on a loaded machine
+            await eventually(
+                lambda: len(survivor.membership.members) == 2, "the peer joins", timeout=60
+            )
             await eventually(lambda: len(survivor.subscribed) < len(TIER1), "the shard is split")
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
