@@ -110,13 +110,20 @@ class Setup:
             await nc.close()
 
     async def quiesce(self, *connectors: Connector) -> None:
-        """Stop the exchange generating and wait until every received frame is acknowledged."""
+        """Stop the exchange generating; wait until the connectors have read everything on the
+        wire (nothing new for a while) and every frame is acknowledged."""
         self.sim.set_rate(0)
-        await asyncio.sleep(0.1)  # frames already on the wire arrive
-        await eventually(
-            lambda: all(c.publisher.inflight == 0 and len(c.buffer) == 0 for c in connectors),
-            "connectors drained",
-        )
+        last = -1
+        while True:
+            await eventually(
+                lambda: all(c.publisher.inflight == 0 and len(c.buffer) == 0 for c in connectors),
+                "connectors drained",
+            )
+            seen = sum(c.received for c in connectors)
+            if seen == last:
+                return
+            last = seen
+            await asyncio.sleep(0.2)
 
 
 async def eventually(
@@ -323,6 +330,33 @@ async def test_a_nats_restart_keeps_the_connector_running_with_drops_counted_and
         assert stored + dropped == built.sent()
         assert connector.publisher.stats.reconnects == 1
         assert rss_after - rss_before < 64 * 2**20
+    finally:
+        await sim.stop()
+        server.stop()
+
+
+async def test_with_the_block_policy_a_nats_outage_holds_the_socket_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    server = start_nats(tmp_path / "nats")
+    built, sim = await make_setup(server.url, rate=200.0, capacity=100, policy="block")
+    try:
+        connector = built.connector(max_inflight=50, ack_timeout=1.0)
+        async with running(connector) as task:
+            await eventually(lambda: built.sent() >= 300, "traffic")
+            server.kill()
+            await eventually(lambda: len(connector.buffer) == 100, "buffer full: reader waits")
+            received = connector.received
+            await asyncio.sleep(0.3)
+            assert connector.received <= received + 1, "a full buffer must stop the reader"
+            server.restart()
+            await eventually(lambda: connector.publisher.connected, "NATS back", timeout=20)
+            await built.quiesce(connector)
+            assert not task.done()
+            stored = await built.stored()
+        assert connector.buffer.dropped == 0
+        assert connector.received == built.sent()
+        assert stored == built.sent()
     finally:
         await sim.stop()
         server.stop()
