@@ -26,7 +26,7 @@ from runtime.kalshi.auth import generate_key_pair
 from runtime.kalshi.simulator import KalshiSimulator
 from ssmd_infra import redis_keys
 from ssmd_infra.environment import Environment, parse_environment
-from ssmd_infra.errors import ConfigError
+from ssmd_infra.errors import ConfigError, SsmdError
 from ssmd_infra.natsstreams import reconcile_streams
 from ssmd_infra.servers import free_port, start_nats, start_redis
 from ssmd_infra.streams import internal_stream_spec
@@ -574,6 +574,15 @@ def test_half_set_credentials_are_refused(monkeypatch: pytest.MonkeyPatch) -> No
         signer_from_environment()
     monkeypatch.delenv("KALSHI_API_KEY_ID")
     assert signer_from_environment() is None
+
+
+def test_an_unreadable_private_key_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KALSHI_API_KEY_ID", "key-1")
+    monkeypatch.setenv("KALSHI_PRIVATE_KEY_PATH", str(tmp_path / "missing.pem"))
+    with pytest.raises(SsmdError, match=r"cannot read Kalshi private key .*missing\.pem"):
+        signer_from_environment()
 
 
 async def test_frames_that_cannot_be_published_safely_are_rejected_and_counted(
