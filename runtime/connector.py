@@ -303,7 +303,7 @@ class Connector:
             **self._client_options,
         )
         await self.publisher.start()
-        await self.membership.heartbeat()
+        await self.membership.peek()  # our share, before the others know about us
         await self._apply_subscriptions()
         self._spawn(self._run_client(), "kalshi-ws")
         self._spawn(self._drain_buffer(), "buffer-drain")
@@ -380,7 +380,7 @@ class Connector:
         if self._failed is None and self.membership.known and self.membership.others():
             # hand over: survivors see us gone at their next heartbeat and subscribe first
             await self.membership.leave()
-            await asyncio.sleep(self._heartbeat * 1.5)
+            await asyncio.sleep(self._heartbeat * 2)
         else:
             await self.membership.leave()
         if self.client is not None:
@@ -419,14 +419,26 @@ class Connector:
     # -- periodic work ------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        await self._wait_subscribed(self._member_ttl)
         while True:
-            await asyncio.sleep(self._heartbeat)
             await self.membership.heartbeat()
             await self._apply_subscriptions()
             try:
                 await self._report_redis()
             except (aioredis.RedisError, OSError) as exc:
                 log.debug("redis report failed: %s", exc)
+            await asyncio.sleep(self._heartbeat)
+
+    async def _wait_subscribed(self, timeout: float) -> None:
+        """Until the exchange has acknowledged every symbol we asked for (or `timeout`): only
+        then do we register, so the members we take symbols from hand over with an overlap."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            client = self.client
+            if client is not None and self.subscribed <= client.subscribed:
+                return
+            await asyncio.sleep(0.05)
+        log.warning("subscriptions not confirmed within %.0fs; joining the shard anyway", timeout)
 
     async def _refresh_loop(self, first_ok: bool) -> None:
         ok = first_ok

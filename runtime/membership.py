@@ -7,12 +7,13 @@ highest hash of (member, symbol) — rendezvous (HRW) hashing — so every repli
 same split from the same member list, and a join or a leave moves only the symbols that must
 move (about 1/n of them).
 
-Handoff without a gap: when a member stops owning a symbol it keeps it for one more
-heartbeat period (`grace`). A joining member subscribes as soon as it has registered, and the
-old owner only notices the join at its own next heartbeat, then waits `grace` more: the two
-overlap, and JetStream's `Nats-Msg-Id` deduplication absorbs the overlap. A member leaving
-cleanly deregisters first and keeps streaming for `grace`, so survivors take over before it
-lets go. A member that dies ages out after the member TTL and survivors take its symbols.
+Handoff without a gap: a joining member first reads the members without registering
+(`peek`), subscribes its share, and registers only once those subscriptions are live; the
+old owner notices the join at its next heartbeat and still keeps the symbols for one more
+heartbeat period (`grace`). The two overlap, and JetStream's `Nats-Msg-Id` deduplication
+absorbs the overlap. A member leaving cleanly deregisters first and keeps streaming for two
+heartbeat periods, so survivors take over before it lets go. A member that dies ages out
+after the member TTL and survivors take its symbols.
 
 Redis down: the last known membership stands (if it was never known, this member owns
 everything). The data path never waits on Redis.
@@ -106,17 +107,30 @@ class Membership:
         """The live members as last seen (always including this one)."""
         return self._members
 
+    async def peek(self) -> bool:
+        """Read the live members without registering (this member counted in).
+
+        A joining replica peeks, subscribes its share and only then registers: the current
+        owners keep those symbols until they see it, so the handoff overlaps.
+        """
+        return await self._exchange(register=False)
+
     async def heartbeat(self) -> bool:
         """Register this member and read the live ones; False (last view kept) when Redis fails."""
+        return await self._exchange(register=True)
+
+    async def _exchange(self, *, register: bool) -> bool:
         if self._client is None:
             return False
         now = self._clock()
         try:
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.zadd(self._key, {self.member: now})
+                if register:
+                    pipe.zadd(self._key, {self.member: now})
                 pipe.zremrangebyscore(self._key, "-inf", now - self.member_ttl)
                 pipe.zrangebyscore(self._key, now - self.member_ttl, "+inf")
-                pipe.expire(self._key, max(1, int(self.member_ttl * 3)))
+                if register:
+                    pipe.expire(self._key, max(1, int(self.member_ttl * 3)))
                 result = await pipe.execute()
         except (aioredis.RedisError, OSError) as exc:
             self.failures += 1
@@ -128,7 +142,8 @@ class Membership:
                 )
             self.healthy = False
             return False
-        live = {m.decode() if isinstance(m, bytes) else str(m) for m in result[2]}
+        listed = result[2] if register else result[1]
+        live = {m.decode() if isinstance(m, bytes) else str(m) for m in listed}
         live.add(self.member)
         members = tuple(sorted(live))
         if members != self._members:

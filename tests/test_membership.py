@@ -160,3 +160,19 @@ async def test_when_redis_goes_down_the_last_membership_stands(tmp_path: Path, s
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_peeking_reads_the_members_without_registering(redis_url: str, shard: str) -> None:
+    client = redis_client(redis_url)
+    a = Membership(client, "env", shard, "a")
+    b = Membership(client, "env", shard, "b")
+    await a.heartbeat()
+    assert await b.peek()
+    assert b.members == ("a", "b")  # b counts itself in to compute its share...
+    await a.heartbeat()
+    assert a.members == ("a",)  # ...but nobody else sees it until it registers
+    assert a.desired(SYMBOLS) == set(SYMBOLS)
+    await b.heartbeat()
+    await a.heartbeat()
+    assert a.members == ("a", "b")
+    await client.aclose()
