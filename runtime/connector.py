@@ -715,9 +715,10 @@ def connector_command(
     """Forward one shard's Kalshi market data into its NATS stream."""
     from ssmd_infra.environment import load_environment
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"--log-level {log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     environment = load_environment(env)
     environment.shard(shard)
     signer = signer_from_environment()
