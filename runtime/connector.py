@@ -287,6 +287,13 @@ class Connector:
     async def run(self) -> None:
         """Run until `stop()`; raises `SsmdError` (e.g. refused credentials) on a fatal error."""
         first = await self._first_symbols()
+        self.client = KalshiWsClient(
+            self._kalshi_ws_url,
+            self._signer,
+            list(self._channels),
+            self.on_frame,
+            **self._client_options,
+        )
         if self._metrics_port is not None:
             self.health = HealthServer(self.registry, self._health, self._metrics_port)
             try:
@@ -295,13 +302,6 @@ class Connector:
                 raise SsmdError(
                     f"cannot serve metrics on port {self._metrics_port}: {exc.strerror}"
                 ) from None
-        self.client = KalshiWsClient(
-            self._kalshi_ws_url,
-            self._signer,
-            list(self._channels),
-            self.on_frame,
-            **self._client_options,
-        )
         await self.publisher.start()
         await self.membership.peek()  # our share, before the others know about us
         await self._apply_subscriptions()
