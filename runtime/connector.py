@@ -710,6 +710,12 @@ def connector_command(
         envvar="KALSHI_REST_URL",
     ),
     metrics_port: int = typer.Option(9100, "--metrics-port", help="/metrics and /healthz."),
+    member: str | None = typer.Option(
+        None,
+        "--member",
+        envvar="SSMD_MEMBER",
+        help="This replica's name among the shard's members (default: hostname-pid).",
+    ),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
     """Forward one shard's Kalshi market data into its NATS stream."""
@@ -733,6 +739,7 @@ def connector_command(
             kalshi_rest_url=kalshi_rest_url,
             signer=signer,
             metrics_port=metrics_port,
+            member=member or None,
         )
         await run_connector(connector)
 

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime.connector import Connector, signer_from_environment
 from runtime.kalshi.auth import generate_key_pair
 from runtime.kalshi.simulator import KalshiSimulator
+from runtime.membership import split
 from ssmd_infra import redis_keys
 from ssmd_infra.environment import Environment, parse_environment
 from ssmd_infra.errors import ConfigError, SsmdError
@@ -430,13 +431,23 @@ async def test_a_dead_replicas_symbols_move_to_the_survivor_within_the_member_tt
 ) -> None:
     env_file = tmp_path / "env.yaml"
     env_file.write_text(env_text(setup.env.name.removeprefix("test-")))
+    # a peer name that takes some of the shard's six symbols (HRW could give it none)
+    peer = next(
+        name
+        for name in (f"peer-{i}" for i in range(100))
+        if all(split(TIER1, ["survivor", name]).values())
+    )
     survivor = setup.connector(redis_url=redis_url, heartbeat=0.3, member="survivor")
     async with running(survivor):
-        proc = await spawn_connector(env_file, setup, redis_url)
+        proc = await spawn_connector(
+            env_file, setup, redis_url, extra_args=["--member", peer], log=tmp_path / "peer.log"
+        )
         try:
             # a process start-up (imports, connections) can be slow on a loaded machine
             await eventually(
-                lambda: len(survivor.membership.members) == 2, "the peer joins", timeout=60
+                lambda: peer in survivor.membership.members,
+                "the peer joins",
+                timeout=60,
             )
             await eventually(lambda: len(survivor.subscribed) < len(TIER1), "the shard is split")
             proc.send_signal(signal.SIGKILL)
@@ -501,8 +512,15 @@ async def test_new_markets_are_subscribed_intraday_and_closed_ones_dropped(setup
 
 
 async def spawn_connector(
-    env_file: Path, setup: Setup, redis_url: str | None, extra_env: dict[str, str] | None = None
+    env_file: Path,
+    setup: Setup,
+    redis_url: str | None,
+    extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    log: Path | None = None,
 ) -> asyncio.subprocess.Process:
+    """`ssmd run connector` as a process; its output goes to `log` (a pipe nobody reads
+    could fill up and stall it) or, without one, to pipes for `communicate()`."""
     args = [
         sys.executable,
         "-m",
@@ -522,8 +540,14 @@ async def spawn_connector(
     ]
     if redis_url:
         args += ["--redis-url", redis_url]
+    args += extra_args or []
     env = {k: v for k, v in os.environ.items() if not k.startswith("KALSHI_")}
     env.update(extra_env or {})
+    if log is not None:
+        with log.open("ab") as out:
+            return await asyncio.create_subprocess_exec(
+                *args, cwd=REPO, env=env, stdout=out, stderr=out
+            )
     return await asyncio.create_subprocess_exec(
         *args, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -559,15 +583,16 @@ async def test_bad_credentials_exit_non_zero_with_a_clear_message(
 async def test_sigterm_stops_cleanly_after_draining(setup: Setup, tmp_path: Path) -> None:
     env_file = tmp_path / "env.yaml"
     env_file.write_text(env_text(setup.env.name.removeprefix("test-")))
-    proc = await spawn_connector(env_file, setup, None)
+    log = tmp_path / "connector.log"
+    proc = await spawn_connector(env_file, setup, None, log=log)
     try:
         await eventually(lambda: setup.sent() >= 200, "traffic", timeout=30)
     finally:
         setup.sim.set_rate(0)
         await asyncio.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, stderr.decode()[-2000:]
+        await asyncio.wait_for(proc.wait(), 30)
+    assert proc.returncode == 0, log.read_text()[-2000:]
     assert await setup.stored() == setup.sent()
 
 
