@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-run_app = typer.Typer(no_args_is_help=True, help="Run a runtime process (connector, archiver, simulator).")
+run_app = typer.Typer(
+    no_args_is_help=True, help="Run a runtime process (connector, archiver, simulator)."
+)
 
 from runtime.connector import connector_command  # noqa: E402
 

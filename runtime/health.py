@@ -18,8 +18,9 @@ HealthCheck = Callable[[], tuple[bool, str]]
 class HealthServer:
     """Serves `/metrics` from `registry` and `/healthz` from `check` on 0.0.0.0:`port`."""
 
-    def __init__(self, registry: CollectorRegistry, check: HealthCheck, port: int,
-                 host: str = "0.0.0.0") -> None:
+    def __init__(
+        self, registry: CollectorRegistry, check: HealthCheck, port: int, host: str = "0.0.0.0"
+    ) -> None:
         self._registry = registry
         self._check = check
         self._port = port
@@ -48,8 +49,9 @@ class HealthServer:
         await site.start()
         if self._port == 0:  # an ephemeral port was asked for: report the real one
             server = site._server
-            if server is not None and server.sockets:
-                self._port = int(server.sockets[0].getsockname()[1])
+            sockets = getattr(server, "sockets", None)  # asyncio.Server; typed as AbstractServer
+            if sockets:
+                self._port = int(sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._runner is not None:

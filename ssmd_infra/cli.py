@@ -13,8 +13,12 @@ from rich.console import Console
 
 from .errors import SsmdError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="ssmd: sharding & scaling of Kalshi market-data capture.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="ssmd: sharding & scaling of Kalshi market-data capture.",
+)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

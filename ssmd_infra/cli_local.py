@@ -21,7 +21,9 @@ def up(
     seconds: float | None = typer.Option(None, "--for", help="run this long, then stop cleanly"),
     as_json: bool = typer.Option(False, "--json", help="print the final summary as JSON"),
     nats_url: str | None = typer.Option(None, "--nats-url", help="use this NATS, don't start one"),
-    redis_url: str | None = typer.Option(None, "--redis-url", help="use this Redis, don't start one"),
+    redis_url: str | None = typer.Option(
+        None, "--redis-url", help="use this Redis, don't start one"
+    ),
     rate: float = typer.Option(10.0, "--rate", help="simulator msg/s per market"),
 ) -> None:
     """Start nats-server, redis-server, the Kalshi simulator, connectors and archivers.
@@ -35,8 +37,9 @@ def up(
         raise typer.BadParameter("must be positive", param_hint="--for")
     if rate < 0:
         raise typer.BadParameter("must not be negative", param_hint="--rate")
-    pipeline = LocalPipeline(env, data_dir, nats_url=nats_url, redis_url=redis_url,
-                             rate_per_market=rate)
+    pipeline = LocalPipeline(
+        env, data_dir, nats_url=nats_url, redis_url=redis_url, rate_per_market=rate
+    )
     summary = asyncio.run(run_local(pipeline, seconds, live=not as_json))
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -50,8 +53,16 @@ def print_summary(summary: dict[str, Any]) -> None:
     for col in ("SHARD", "SYMBOLS", "PUBLISHED", "DROPS", "GAPS", "ARCHIVED"):
         table.add_column(col, justify="left" if col == "SHARD" else "right")
     for row in summary["shards"]:
-        table.add_row(row["shard"], str(row["symbols"]), f"{row['published']:,}",
-                      f"{row['drops']:,}", f"{row['gaps']:,}", f"{row['archived_lines']:,}")
+        table.add_row(
+            row["shard"],
+            str(row["symbols"]),
+            f"{row['published']:,}",
+            f"{row['drops']:,}",
+            f"{row['gaps']:,}",
+            f"{row['archived_lines']:,}",
+        )
     console.print(table)
-    console.print(f"ssmd-client (merged md.*): {summary['client_stream_messages']:,} messages; "
-                  f"archive under {summary['data_dir']}")
+    console.print(
+        f"ssmd-client (merged md.*): {summary['client_stream_messages']:,} messages; "
+        f"archive under {summary['data_dir']}"
+    )

@@ -22,20 +22,30 @@ EnvArg = typer.Argument(..., help="environment name under exchanges/environments
 def validate(env: str = EnvArg) -> None:
     """Check the environment: schema, names, pins, orphans and overlaps. Exit 1 on any problem."""
     environment = load_environment(env)
-    layout = resolve(environment, merge_symbols(environment),
-                     complete_universe=environment.secmaster.source == "manual")
-    console.print(f"{environment.file}: valid — {len(layout.assignment)} symbols in "
-                  f"{len(environment.shards)} shards")
+    layout = resolve(
+        environment,
+        merge_symbols(environment),
+        complete_universe=environment.secmaster.source == "manual",
+    )
+    console.print(
+        f"{environment.file}: valid — {len(layout.assignment)} symbols in "
+        f"{len(environment.shards)} shards"
+    )
 
 
 @shard_app.command("list")
 def list_shards(env: str = EnvArg, as_json: bool = typer.Option(False, "--json")) -> None:
     """SHARD SYMBOLS REPLICAS MSG/S CPU% MEM%."""
     environment = load_environment(env)
-    layout = resolve(environment, merge_symbols(environment),
-                     complete_universe=environment.secmaster.source == "manual")
-    rows = [{"shard": name, "symbols": len(layout.symbols_of(name)), "replicas": shard.replicas}
-            for name, shard in environment.shards.items()]
+    layout = resolve(
+        environment,
+        merge_symbols(environment),
+        complete_universe=environment.secmaster.source == "manual",
+    )
+    rows = [
+        {"shard": name, "symbols": len(layout.symbols_of(name)), "replicas": shard.replicas}
+        for name, shard in environment.shards.items()
+    ]
     if as_json:
         print(json.dumps(rows, indent=2))
         return

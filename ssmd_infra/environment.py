@@ -86,7 +86,9 @@ class Resources(_Strict):
     @model_validator(mode="after")
     def _limits_cover_requests(self) -> Resources:
         if self.limits.cpu_cores < self.requests.cpu_cores:
-            raise ValueError(f"limits.cpu {self.limits.cpu} is below requests.cpu {self.requests.cpu}")
+            raise ValueError(
+                f"limits.cpu {self.limits.cpu} is below requests.cpu {self.requests.cpu}"
+            )
         if self.limits.memory_bytes < self.requests.memory_bytes:
             raise ValueError(
                 f"limits.memory {self.limits.memory} is below requests.memory {self.requests.memory}"
@@ -232,7 +234,9 @@ class Environment(_Strict):
             return self.shards[name]
         except KeyError:
             known = ", ".join(self.shards)
-            raise ConfigError(f"no shard {name!r} in environment {self.name!r} (shards: {known})") from None
+            raise ConfigError(
+                f"no shard {name!r} in environment {self.name!r} (shards: {known})"
+            ) from None
 
 
 def _semantic_problems(env: Environment, source: SourceMap) -> list[Problem]:
@@ -248,10 +252,13 @@ def _semantic_problems(env: Environment, source: SourceMap) -> list[Problem]:
             problems.append(source.problem(("shards", name), why))
     for symbol, target in env.assignments.items():
         if target not in env.shards:
-            problems.append(source.problem(
-                ("assignments", symbol),
-                f"pin of {symbol!r} to shard {target!r}, which does not exist "
-                f"(shards: {', '.join(env.shards)})"))
+            problems.append(
+                source.problem(
+                    ("assignments", symbol),
+                    f"pin of {symbol!r} to shard {target!r}, which does not exist "
+                    f"(shards: {', '.join(env.shards)})",
+                )
+            )
     for symbol in env.symbols:
         if not symbol or symbol != symbol.strip():
             problems.append(source.problem(("symbols", symbol), f"bad symbol name {symbol!r}"))
@@ -283,19 +290,29 @@ def _pydantic_problems(exc: ValidationError, source: SourceMap) -> list[Problem]
     return list(unique.values())
 
 
-_UNION_TAGS = {"str", "list[str]", "function-before[attribute_text(), str]",
-               "list[function-before[attribute_text(), str]]"}
+_UNION_TAGS = {
+    "str",
+    "list[str]",
+    "function-before[attribute_text(), str]",
+    "list[function-before[attribute_text(), str]]",
+}
 
 
 def parse_environment(text: str | bytes, file: str) -> Environment:
     """Validate an environment document; `ConfigError` lists every problem found."""
     data, source = load_yaml(text, file)
     if not isinstance(data, dict):
-        raise ConfigError(Problem(
-            f"expected a mapping with name, feed, symbols and shards, got {type(data).__name__}",
-            file=file, line=1))
+        raise ConfigError(
+            Problem(
+                f"expected a mapping with name, feed, symbols and shards, got {type(data).__name__}",
+                file=file,
+                line=1,
+            )
+        )
     if "shards" in data and not data["shards"]:
-        raise ConfigError(source.problem(("shards",), "no shards defined: at least one is required"))
+        raise ConfigError(
+            source.problem(("shards",), "no shards defined: at least one is required")
+        )
     try:
         env = Environment.model_validate(data)
     except ValidationError as exc:

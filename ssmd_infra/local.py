@@ -122,8 +122,11 @@ class LocalPipeline:
     def _load(self) -> None:
         self.env_file = environment_path(self.env_ref)
         self.env = load_environment(self.env_file)
-        self.layout = resolve(self.env, merge_symbols(self.env),
-                              complete_universe=self.env.secmaster.source == "manual")
+        self.layout = resolve(
+            self.env,
+            merge_symbols(self.env),
+            complete_universe=self.env.secmaster.source == "manual",
+        )
 
     async def start(self) -> None:
         self._load()
@@ -148,29 +151,50 @@ class LocalPipeline:
         key_path = os.environ.get("KALSHI_PRIVATE_KEY_PATH")
         if key_id and key_path:
             self.kalshi_ws_url = os.environ.get(
-                "KALSHI_WS_URL", "wss://api.elections.kalshi.com/trade-api/ws/v2")
+                "KALSHI_WS_URL", "wss://api.elections.kalshi.com/trade-api/ws/v2"
+            )
             self.kalshi_rest_url = os.environ.get(
-                "KALSHI_REST_URL", "https://api.elections.kalshi.com/trade-api/v2")
+                "KALSHI_REST_URL", "https://api.elections.kalshi.com/trade-api/v2"
+            )
             self.credentials = {"KALSHI_API_KEY_ID": key_id, "KALSHI_PRIVATE_KEY_PATH": key_path}
             self.console.print("[bold]Kalshi credentials set: connecting to Kalshi itself[/]")
             return
         from runtime.kalshi.auth import generate_key_pair
 
         private_pem, public_pem = generate_key_pair(self.workdir / "simulator-keys")
-        self.credentials = {"KALSHI_API_KEY_ID": SIMULATOR_KEY_ID,
-                            "KALSHI_PRIVATE_KEY_PATH": str(private_pem)}
+        self.credentials = {
+            "KALSHI_API_KEY_ID": SIMULATOR_KEY_ID,
+            "KALSHI_PRIVATE_KEY_PATH": str(private_pem),
+        }
         port = free_port()
         self.simulator = self._spawn(
-            "simulator", "-",
-            ["run", "simulator", str(self.env_file), "--port", str(port),
-             "--rate", str(self.rate_per_market), "--public-key", str(public_pem)],
-            metrics_port=port)
+            "simulator",
+            "-",
+            [
+                "run",
+                "simulator",
+                str(self.env_file),
+                "--port",
+                str(port),
+                "--rate",
+                str(self.rate_per_market),
+                "--public-key",
+                str(public_pem),
+            ],
+            metrics_port=port,
+        )
         self.kalshi_ws_url = f"ws://127.0.0.1:{port}/trade-api/ws/v2"
         self.kalshi_rest_url = f"http://127.0.0.1:{port}/trade-api/v2"
         _wait_http(f"http://127.0.0.1:{port}/_sim/stats", self.simulator)
 
-    def _spawn(self, kind: str, shard: str, args: list[str], metrics_port: int,
-               extra_env: dict[str, str] | None = None) -> Child:
+    def _spawn(
+        self,
+        kind: str,
+        shard: str,
+        args: list[str],
+        metrics_port: int,
+        extra_env: dict[str, str] | None = None,
+    ) -> Child:
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         suffix = f"-{shard}" if shard != "-" else ""
@@ -178,8 +202,13 @@ class LocalPipeline:
         log = logs / f"{kind}{suffix}-{index}.log"
         env = {**os.environ, **(extra_env or {})}
         with open(log, "ab") as handle:
-            proc = subprocess.Popen([sys.executable, "-m", "ssmd_infra", *args], stdout=handle,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ssmd_infra", *args],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         child = Child(kind, shard, proc, metrics_port, log)
         self.children.append(child)
         return child
@@ -191,17 +220,49 @@ class LocalPipeline:
             shard = self.env.shards[name]
             for _ in range(shard.replicas):
                 port = free_port()
-                self._spawn("connector", name,
-                            ["run", "connector", env_file, name, "--nats-url", self.nats_url,
-                             "--redis-url", self.redis_url, "--kalshi-ws-url", self.kalshi_ws_url,
-                             "--kalshi-rest-url", self.kalshi_rest_url, "--metrics-port", str(port)],
-                            port, self.credentials)
+                self._spawn(
+                    "connector",
+                    name,
+                    [
+                        "run",
+                        "connector",
+                        env_file,
+                        name,
+                        "--nats-url",
+                        self.nats_url,
+                        "--redis-url",
+                        self.redis_url,
+                        "--kalshi-ws-url",
+                        self.kalshi_ws_url,
+                        "--kalshi-rest-url",
+                        self.kalshi_rest_url,
+                        "--metrics-port",
+                        str(port),
+                    ],
+                    port,
+                    self.credentials,
+                )
             if not any(c.kind == "archiver" and c.shard == name and c.alive for c in self.children):
                 port = free_port()
-                self._spawn("archiver", name,
-                            ["run", "archiver", env_file, name, "--nats-url", self.nats_url,
-                             "--redis-url", self.redis_url, "--data-dir", str(self.data_dir),
-                             "--metrics-port", str(port)], port)
+                self._spawn(
+                    "archiver",
+                    name,
+                    [
+                        "run",
+                        "archiver",
+                        env_file,
+                        name,
+                        "--nats-url",
+                        self.nats_url,
+                        "--redis-url",
+                        self.redis_url,
+                        "--data-dir",
+                        str(self.data_dir),
+                        "--metrics-port",
+                        str(port),
+                    ],
+                    port,
+                )
 
     def _write_state(self) -> None:
         path = state_file(self.env.name)
@@ -230,8 +291,9 @@ class LocalPipeline:
             for name in self.env.shards
         }
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
-            scraped = await asyncio.gather(*(_scrape(http, c) for c in self.children
-                                             if c.kind != "simulator" and c.alive))
+            scraped = await asyncio.gather(
+                *(_scrape(http, c) for c in self.children if c.kind != "simulator" and c.alive)
+            )
         for child, metrics in scraped:
             fig = out.get(child.shard)
             if fig is None:
@@ -268,13 +330,28 @@ class LocalPipeline:
 
     def table(self, figures: dict[str, ShardFigures], client_count: int) -> Table:
         table = Table(title=f"ssmd local — {self.env.name} (roll {self.generation})")
-        for col in ("SHARD", "SYMBOLS", "REPLICAS", "MSG/S", "PUBLISHED", "DROPS", "GAPS",
-                    "ARCHIVED"):
+        for col in (
+            "SHARD",
+            "SYMBOLS",
+            "REPLICAS",
+            "MSG/S",
+            "PUBLISHED",
+            "DROPS",
+            "GAPS",
+            "ARCHIVED",
+        ):
             table.add_column(col, justify="left" if col == "SHARD" else "right")
         for fig in figures.values():
-            table.add_row(fig.shard, str(fig.symbols), str(fig.replicas), f"{fig.msg_rate:,.0f}",
-                          f"{fig.published:,}", f"{fig.drops:,}", f"{fig.gaps:,}",
-                          f"{fig.archived:,}")
+            table.add_row(
+                fig.shard,
+                str(fig.symbols),
+                str(fig.replicas),
+                f"{fig.msg_rate:,.0f}",
+                f"{fig.published:,}",
+                f"{fig.drops:,}",
+                f"{fig.gaps:,}",
+                f"{fig.archived:,}",
+            )
         table.caption = f"{CLIENT_STREAM}: {client_count:,} messages on md.{self.env.feed}.>"
         return table
 
@@ -284,8 +361,10 @@ class LocalPipeline:
             code = child.proc.poll()
             if code is not None and code != 0 and not self._stopped:
                 tail = _tail(child.log)
-                raise SsmdError(f"{child.kind} {child.shard} exited with code {code}; its log "
-                                f"({child.log}) ends with:\n{tail}")
+                raise SsmdError(
+                    f"{child.kind} {child.shard} exited with code {code}; its log "
+                    f"({child.log}) ends with:\n{tail}"
+                )
 
     # -- day roll ----------------------------------------------------------------------------
 
@@ -338,8 +417,11 @@ class LocalPipeline:
     async def _stop_archivers(self, shards: set[str] | None = None) -> None:
         """Stop archivers once their consumers have nothing pending."""
         assert self.nats_url
-        targets = [c for c in self.children if c.kind == "archiver" and c.alive
-                   and (shards is None or c.shard in shards)]
+        targets = [
+            c
+            for c in self.children
+            if c.kind == "archiver" and c.alive and (shards is None or c.shard in shards)
+        ]
         deadline = time.monotonic() + DRAIN_TIMEOUT
         with contextlib.suppress(Exception):
             nc = await nats.connect(self.nats_url, connect_timeout=1, max_reconnect_attempts=0)
@@ -349,7 +431,9 @@ class LocalPipeline:
                 while pending and time.monotonic() < deadline:
                     for shard in sorted(pending):
                         try:
-                            info = await js.consumer_info(internal_stream(shard), f"archiver-{shard}")
+                            info = await js.consumer_info(
+                                internal_stream(shard), f"archiver-{shard}"
+                            )
                         except NotFoundError:
                             continue
                         if info.num_pending == 0 and info.num_ack_pending == 0:
@@ -412,8 +496,12 @@ class LocalPipeline:
             "simulator": sim,
             "shards": [
                 {
-                    "shard": f.shard, "symbols": f.symbols, "published": f.published,
-                    "forwarded": f.forwarded, "drops": f.drops, "gaps": f.gaps,
+                    "shard": f.shard,
+                    "symbols": f.symbols,
+                    "published": f.published,
+                    "forwarded": f.forwarded,
+                    "drops": f.drops,
+                    "gaps": f.gaps,
                     "archived_lines": archived.get(f.shard, 0),
                 }
                 for f in figures.values()
@@ -441,7 +529,7 @@ async def _scrape(http: aiohttp.ClientSession, child: Child) -> tuple[Child, dic
     try:
         async with http.get(f"http://127.0.0.1:{child.metrics_port}/metrics") as response:
             text = await response.text()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return child, totals
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -457,8 +545,9 @@ def _wait_http(url: str, child: Child, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not child.alive:
-            raise SsmdError(f"{child.kind} exited during start-up; log {child.log}:\n"
-                            f"{_tail(child.log)}")
+            raise SsmdError(
+                f"{child.kind} exited during start-up; log {child.log}:\n{_tail(child.log)}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=0.5):
                 return
@@ -475,8 +564,9 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 @contextlib.contextmanager
-def _signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event,
-             roll: asyncio.Event) -> Iterator[None]:
+def _signals(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, roll: asyncio.Event
+) -> Iterator[None]:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, roll.set)
@@ -487,16 +577,19 @@ def _signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event,
             loop.remove_signal_handler(sig)
 
 
-async def run_local(pipeline: LocalPipeline, duration: float | None, *, live: bool,
-                    refresh: float = 1.0) -> dict[str, Any]:
+async def run_local(
+    pipeline: LocalPipeline, duration: float | None, *, live: bool, refresh: float = 1.0
+) -> dict[str, Any]:
     """Start, show the live table until `duration` or a signal, stop; returns the summary."""
     loop = asyncio.get_running_loop()
     stop, roll = asyncio.Event(), asyncio.Event()
     try:
         await pipeline.start()
         deadline = None if duration is None else time.monotonic() + duration
-        with _signals(loop, stop, roll), Live(console=pipeline.console, auto_refresh=False,
-                                              transient=False) as view:
+        with (
+            _signals(loop, stop, roll),
+            Live(console=pipeline.console, auto_refresh=False, transient=False) as view,
+        ):
             while not stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
@@ -507,8 +600,7 @@ async def run_local(pipeline: LocalPipeline, duration: float | None, *, live: bo
                 if live:
                     figures = await pipeline.figures()
                     counts = await pipeline.stream_counts()
-                    view.update(pipeline.table(figures, counts.get(CLIENT_STREAM, 0)),
-                                refresh=True)
+                    view.update(pipeline.table(figures, counts.get(CLIENT_STREAM, 0)), refresh=True)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), refresh)
     except BaseException:

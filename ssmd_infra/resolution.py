@@ -75,8 +75,10 @@ class _Matcher:
         entry = self._cache.get(combo)
         if entry is None:
             candidates = [s for s in self._selectors if s.matches_attributes(attrs)]
-            entry = ([s for s in candidates if s.symbol is None],
-                     _SymbolIndex([s for s in candidates if s.symbol is not None]))
+            entry = (
+                [s for s in candidates if s.symbol is None],
+                _SymbolIndex([s for s in candidates if s.symbol is not None]),
+            )
             self._cache[combo] = entry
         unconditional, index = entry
         if not index:
@@ -94,7 +96,7 @@ class _SymbolIndex:
         lengths = set()
         for sel in selectors:
             assert sel.symbol is not None
-            if sel.symbol.patterns or sel.symbol.exact and sel.symbol.prefixes:
+            if sel.symbol.patterns or (sel.symbol.exact and sel.symbol.prefixes):
                 self._general.append(sel)
                 continue
             if sel.symbol.exact:
@@ -135,8 +137,9 @@ def _winner(matches: list[Selector]) -> Selector | None:
     return None
 
 
-def resolve(env: Environment, universe: Mapping[str, Mapping[str, str]], *,
-            complete_universe: bool = True) -> Layout:
+def resolve(
+    env: Environment, universe: Mapping[str, Mapping[str, str]], *, complete_universe: bool = True
+) -> Layout:
     """Assign every symbol of `universe` to one shard of `env`, or raise with every problem.
 
     `complete_universe` says whether `universe` holds every symbol the environment can see;
@@ -167,17 +170,29 @@ def resolve(env: Environment, universe: Mapping[str, Mapping[str, str]], *,
     if complete_universe:
         for symbol in pins:
             if symbol not in universe:
-                problems.append(_problem(env, ("assignments", symbol),
-                                         f"pin of symbol {symbol!r}, which is not a known symbol"))
+                problems.append(
+                    _problem(
+                        env,
+                        ("assignments", symbol),
+                        f"pin of symbol {symbol!r}, which is not a known symbol",
+                    )
+                )
     for symbol in orphans:
-        problems.append(_problem(env, ("symbols", symbol),
-                                 f"orphan: symbol {symbol!r} matches no shard's selector"))
+        problems.append(
+            _problem(
+                env, ("symbols", symbol), f"orphan: symbol {symbol!r} matches no shard's selector"
+            )
+        )
     for symbol, shards in overlaps:
         listed = ", ".join(shards)
-        problems.append(_problem(
-            env, ("symbols", symbol),
-            f"overlap: symbol {symbol!r} matches shards {listed} and no selector is more "
-            f"specific than the others; narrow a selector or pin it in `assignments`"))
+        problems.append(
+            _problem(
+                env,
+                ("symbols", symbol),
+                f"overlap: symbol {symbol!r} matches shards {listed} and no selector is more "
+                f"specific than the others; narrow a selector or pin it in `assignments`",
+            )
+        )
     ConfigError.collect(problems)
     by_shard: dict[str, list[str]] = {name: [] for name in env.shards}
     for symbol, shard in assignment.items():  # symbols were visited sorted

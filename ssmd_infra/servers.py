@@ -98,8 +98,9 @@ class ServerProcess:
         """Start again on the same port and data directory (fault tests, day roll)."""
         self.stop()
         log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         _wait_port(self.port, self.proc, self.name)
 
 
@@ -127,8 +128,21 @@ def start_redis(workdir: Path, port: int | None = None) -> ServerProcess:
     binary = find_binary("redis-server")
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes"]
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--protected-mode",
+        "yes",
+    ]
     log = open(workdir / "redis-server.log", "ab")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _wait_port(port, proc, "redis-server")

@@ -9,6 +9,7 @@ both turn these specs into server calls (`ssmd_infra.natsstreams`), so they cann
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .environment import Environment, StreamLimits
 from .subjects import (
@@ -61,16 +62,16 @@ class StreamSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> StreamSpec:
-        sources = tuple(SourceSpec(**s) for s in data.get("sources") or [])  # type: ignore[arg-type, union-attr]
+    def from_dict(cls, data: dict[str, Any]) -> StreamSpec:
+        sources = tuple(SourceSpec(**s) for s in data.get("sources") or [])
         return cls(
             name=str(data["name"]),
-            subjects=tuple(data.get("subjects") or ()),  # type: ignore[arg-type]
-            max_age=float(data["max_age"]),  # type: ignore[arg-type]
-            max_bytes=int(data["max_bytes"]),  # type: ignore[call-overload]
-            max_msgs=int(data.get("max_msgs", -1)),  # type: ignore[call-overload]
-            replicas=int(data.get("replicas", 1)),  # type: ignore[call-overload]
-            duplicate_window=float(data["duplicate_window"]),  # type: ignore[arg-type]
+            subjects=tuple(data.get("subjects") or ()),
+            max_age=float(data["max_age"]),
+            max_bytes=int(data["max_bytes"]),
+            max_msgs=int(data.get("max_msgs", -1)),
+            replicas=int(data.get("replicas", 1)),
+            duplicate_window=float(data["duplicate_window"]),
             storage=str(data.get("storage", "file")),
             retention=str(data.get("retention", "limits")),
             discard=str(data.get("discard", "old")),
@@ -78,21 +79,28 @@ class StreamSpec:
         )
 
 
-def _limits(limits: StreamLimits) -> dict[str, object]:
-    return {
-        "max_age": limits.max_age,
-        "max_bytes": limits.max_bytes_int,
-        "max_msgs": limits.max_msgs,
-        "replicas": limits.replicas,
-        "duplicate_window": limits.duplicate_window,
-        "storage": limits.storage,
-    }
+def _spec(
+    name: str,
+    subjects: tuple[str, ...],
+    limits: StreamLimits,
+    sources: tuple[SourceSpec, ...] = (),
+) -> StreamSpec:
+    return StreamSpec(
+        name=name,
+        subjects=subjects,
+        max_age=limits.max_age,
+        max_bytes=limits.max_bytes_int,
+        max_msgs=limits.max_msgs,
+        replicas=limits.replicas,
+        duplicate_window=limits.duplicate_window,
+        storage=limits.storage,
+        sources=sources,
+    )
 
 
 def internal_stream_spec(env: Environment, shard: str) -> StreamSpec:
     env.shard(shard)
-    return StreamSpec(name=internal_stream(shard), subjects=(internal_wildcard(shard),),
-                      **_limits(env.streams.internal))  # type: ignore[arg-type]
+    return _spec(internal_stream(shard), (internal_wildcard(shard),), env.streams.internal)
 
 
 def client_stream_spec(env: Environment, shards: list[str] | None = None) -> StreamSpec:
@@ -106,8 +114,7 @@ def client_stream_spec(env: Environment, shards: list[str] | None = None) -> Str
         )
         for name in names
     )
-    return StreamSpec(name=CLIENT_STREAM, subjects=(), sources=sources,
-                      **_limits(env.streams.client))  # type: ignore[arg-type]
+    return _spec(CLIENT_STREAM, (), env.streams.client, sources)
 
 
 def stream_specs(env: Environment) -> list[StreamSpec]:

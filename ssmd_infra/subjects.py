@@ -69,11 +69,15 @@ def name_problem(kind: str, name: str, pattern: re.Pattern[str] = SHARD_NAME) ->
     bad = sorted({c for c in name if c in ".*>" or c.isspace()})
     if bad:
         shown = ", ".join(repr(c) for c in bad)
-        return (f"{kind} name {name!r} contains {shown}: NATS subject tokens may not "
-                f"contain '.', '*', '>' or whitespace")
-    return (f"{kind} name {name!r} must be lower-case letters, digits and '-', start and end "
-            f"with a letter or digit, at most 40 characters (it names NATS streams and "
-            f"Kubernetes objects)")
+        return (
+            f"{kind} name {name!r} contains {shown}: NATS subject tokens may not "
+            f"contain '.', '*', '>' or whitespace"
+        )
+    return (
+        f"{kind} name {name!r} must be lower-case letters, digits and '-', start and end "
+        f"with a letter or digit, at most 40 characters (it names NATS streams and "
+        f"Kubernetes objects)"
+    )
 
 
 def internal_subject(shard: str, feed: str, msg_type: str, symbol: str) -> str:

@@ -117,14 +117,22 @@ def _build(node: yaml.Node, path: KeyPath, source: SourceMap, problems: list[Pro
             line = key_node.start_mark.line + 1
             if not isinstance(key_node, yaml.ScalarNode):
                 problems.append(
-                    Problem("mapping keys must be plain scalars", file=source.file, line=line,
-                            path=format_path(path))
+                    Problem(
+                        "mapping keys must be plain scalars",
+                        file=source.file,
+                        line=line,
+                        path=format_path(path),
+                    )
                 )
                 continue
             if key_node.tag == "tag:yaml.org,2002:merge":
                 problems.append(
-                    Problem("YAML merge keys (<<) are not supported", file=source.file,
-                            line=line, path=format_path(path))
+                    Problem(
+                        "YAML merge keys (<<) are not supported",
+                        file=source.file,
+                        line=line,
+                        path=format_path(path),
+                    )
                 )
                 continue
             key = key_node.value  # keys compare as written: `1` and "1" are the same key
@@ -132,9 +140,13 @@ def _build(node: yaml.Node, path: KeyPath, source: SourceMap, problems: list[Pro
             if key in out:
                 first = source.lines.get(child, (None, None))[0]
                 problems.append(
-                    Problem(f"duplicate key {key!r} (first defined on line {first})",
-                            file=source.file, line=line, column=key_node.start_mark.column + 1,
-                            path=format_path(child))
+                    Problem(
+                        f"duplicate key {key!r} (first defined on line {first})",
+                        file=source.file,
+                        line=line,
+                        column=key_node.start_mark.column + 1,
+                        path=format_path(child),
+                    )
                 )
                 continue
             source.lines[child] = (line, key_node.start_mark.column + 1)
