@@ -243,7 +243,9 @@ class Connector:
                 )
             from runtime.kalshi.rest import KalshiRestSource
 
-            self._symbol_source = KalshiRestSource(self._kalshi_rest_url, signer=self._signer)
+            self._symbol_source = KalshiRestSource(
+                self._kalshi_rest_url, signer=self._signer, status=self.env.secmaster.status
+            )
             return self._symbol_source
         return None
 
