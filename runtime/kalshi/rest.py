@@ -307,10 +307,11 @@ class KalshiRestSource:
     async def _lookup_events(self, http: aiohttp.ClientSession, tickers: list[str]) -> None:
         """Fill the event cache for `tickers`, `concurrency` requests at a time."""
         pending = iter(tickers)
+        series: dict[str, asyncio.Task[str]] = {}  # one lookup per series, shared by workers
 
         async def worker() -> None:
             for event_ticker in pending:  # a shared iterator: each ticker taken once
-                await self._lookup_event(http, event_ticker)
+                await self._lookup_event(http, event_ticker, series)
 
         workers = [
             asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(tickers)))
@@ -318,11 +319,16 @@ class KalshiRestSource:
         try:
             await asyncio.gather(*workers)
         finally:  # one failed: stop the others before the session closes under them
-            for task in workers:
+            for task in [*workers, *series.values()]:
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*workers, *series.values(), return_exceptions=True)
 
-    async def _lookup_event(self, http: aiohttp.ClientSession, event_ticker: str) -> None:
+    async def _lookup_event(
+        self,
+        http: aiohttp.ClientSession,
+        event_ticker: str,
+        series_inflight: dict[str, asyncio.Task[str]],
+    ) -> None:
         self.stats.event_lookups += 1
         try:
             body = await self._get(http, f"/events/{quote(event_ticker, safe='')}")
@@ -334,13 +340,18 @@ class KalshiRestSource:
         series = str(event.get("series_ticker") or "")
         category = str(event.get("category") or "")
         if not category and series:
-            category = await self._series_category(http, series)
+            cached = self.series.get(series)
+            if cached is not None:
+                category = cached
+            else:
+                task = series_inflight.get(series)
+                if task is None:
+                    task = asyncio.ensure_future(self._series_category(http, series))
+                    series_inflight[series] = task
+                category = await asyncio.shield(task)  # a cancelled waiter leaves it to others
         self.events.put(event_ticker, _Event(series=series, category=category))
 
     async def _series_category(self, http: aiohttp.ClientSession, series_ticker: str) -> str:
-        cached = self.series.get(series_ticker)
-        if cached is not None:
-            return cached
         self.stats.series_lookups += 1
         try:
             body = await self._get(http, f"/series/{quote(series_ticker, safe='')}")
