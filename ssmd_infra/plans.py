@@ -13,7 +13,6 @@ stores the rendered file text, so what `apply` writes is byte for byte what was 
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ from .planning import (
     Proposal,
     Rates,
     Situation,
-    Unpin,
     op_from_dict,
     slug,
 )
@@ -61,56 +59,88 @@ def raw_document(env: Environment) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- rendering
 
 
-def render(text: str, ops: Sequence[Op]) -> str:
-    """`text` with `ops` applied by the round-trip editor: comments, order and quoting kept."""
-    from ruamel.yaml import YAML
+def _node(value: Any) -> Any:
+    """Plain data as round-trip nodes: block mappings, flow lists (`symbol: [BTC*, ETH*]`),
+    and strings the strict loader would read as something else (`yes`, `1.0`) quoted."""
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-    rt = YAML()
-    rt.preserve_quotes = True
-    rt.width = 4096
-    rt.indent(mapping=2, sequence=4, offset=2)
-    doc = rt.load(text)
+    if isinstance(value, Mapping):
+        return CommentedMap((k, _node(v)) for k, v in value.items())
+    if isinstance(value, list):
+        seq = CommentedSeq(_node(v) for v in value)
+        seq.fa.set_flow_style()
+        return seq
+    if isinstance(value, str):
+        try:
+            reread = yaml.safe_load(value)
+        except yaml.YAMLError:
+            reread = None
+        if reread != value:
+            return DoubleQuotedScalarString(value)
+    return value
 
-    def commented(value: Any, flow: bool = False) -> Any:
-        if isinstance(value, Mapping):
-            out = CommentedMap((k, commented(v, flow)) for k, v in value.items())
-            if flow:
-                out.fa.set_flow_style()
-            return out
-        if isinstance(value, list):
-            seq = CommentedSeq(commented(v, flow) for v in value)
-            seq.fa.set_flow_style()
-            return seq
-        return value
 
+def _like(value: Any, model: Any) -> Any:
+    """`value` as a node, written the way `model` (the source shard's node) was: flow or
+    block mappings, quoted or plain scalars — a carve-out reads like the shard it came from."""
+    from ruamel.yaml.comments import CommentedMap
+
+    if isinstance(value, Mapping) and isinstance(model, CommentedMap):
+        out = CommentedMap((k, _like(v, model.get(k))) for k, v in value.items())
+        if model.fa.flow_style():
+            out.fa.set_flow_style()
+        return out
+    if isinstance(value, str) and isinstance(model, str) and str(model) == value:
+        return type(model)(value)
+    return _node(value)
+
+
+def render(text: str, ops: Sequence[Op], file: str = "<environment>") -> str:
+    """`text` with `ops` applied by the round-trip editor (`envedit`): every line the edit
+    does not touch stays as written — comments, order, quoting, spacing."""
+    from ruamel.yaml.comments import CommentedMap
+
+    from .envedit import EditRefused, RoundTrip, append_entry, remove_entry
+
+    rt = RoundTrip(text, file)
+    indent = _indent(rt)
     for op in ops:
         if isinstance(op, AddShard):
-            shards = doc["shards"]
+            shards = rt.doc.get("shards")
+            if not isinstance(shards, CommentedMap) or shards.fa.flow_style():
+                raise EditRefused(f"{file}: `shards` is not a block mapping; edit it by hand")
             if op.shard in shards:
                 raise PlanError(f"shard {op.shard!r} already exists")
-            body = CommentedMap()
-            for key, value in op.body.items():
-                body[key] = commented(value, flow=key in ("selector", "resources"))
-            keys = list(shards)
-            index = keys.index(op.after) + 1 if op.after in keys else len(keys)
-            shards.insert(index, op.shard, body)
-        elif isinstance(op, (Pin, Unpin)):
-            pins = doc.get("assignments")
-            if pins is None:
-                pins = CommentedMap()
-                doc["assignments"] = pins
-            if isinstance(op, Pin):
-                if not pins:
-                    pins.fa.set_block_style()
+            source = shards.get(op.after) if op.after is not None else None
+            body = CommentedMap(
+                (k, _node(v) if k == "selector" else _like(v, (source or {}).get(k)))
+                for k, v in op.body.items()
+            )
+            append_entry(shards, op.shard, body, indent)
+        elif isinstance(op, Pin):
+            pins = rt.doc.get("assignments")
+            if not isinstance(pins, CommentedMap):
+                append_entry(rt.doc, "assignments", CommentedMap({op.symbol: op.shard}), 0)
+            elif op.symbol in pins:
+                pins[op.symbol] = op.shard
+            elif not pins:
+                pins.fa.set_block_style()
                 pins[op.symbol] = op.shard
             else:
-                pins.pop(op.symbol, None)
-                if not pins:
-                    pins.fa.set_flow_style()
-    out = io.StringIO()
-    rt.dump(doc, out)
-    return out.getvalue()
+                append_entry(pins, op.symbol, op.shard, indent)
+        else:
+            pins = rt.doc.get("assignments")
+            if isinstance(pins, CommentedMap) and op.symbol in pins:
+                remove_entry(rt.doc, "assignments", op.symbol)
+    return rt.text()
+
+
+def _indent(rt: Any) -> int:
+    """The file's mapping indent, as `envedit` measures it."""
+    from .envedit import _guess_indent
+
+    return int(_guess_indent(rt.original)[0])
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -271,7 +301,7 @@ def make_plan(sit: Situation, proposal: Proposal, rates: Rates) -> tuple[Plan, E
     assert env.file is not None
     path = Path(env.file)
     original = path.read_bytes()
-    text = render(original.decode(), proposal.ops)
+    text = render(original.decode(), proposal.ops, str(path))
     complete = env.secmaster.source == "manual"
     planned_env = verify_rendered(
         text, str(path), sit.universe, proposal.assignment, complete_universe=complete
