@@ -8,6 +8,7 @@ consumers (Pulumi program, CLI, local runner, runtime) never invent their own.
 from __future__ import annotations
 
 import os
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -38,10 +40,15 @@ def attribute_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (str, int, float)):
         return str(value)
-    raise ValueError(f"expected a string or number, got {type(value).__name__}")
+    shown = {type(None): "nothing (null)", dict: "a mapping", list: "a list"}
+    raise ValueError(
+        f"expected a string or number, got {shown.get(type(value), type(value).__name__)}"
+    )
 
 
 AttrValue = Annotated[str, BeforeValidator(attribute_text)]
+# Counts are whole numbers as the YAML wrote them: `true`, `"2"` and `2.0` are mistakes.
+Count = Annotated[int, Strict()]
 Quantity = Annotated[str, BeforeValidator(canonical_quantity)]
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 DropPolicy = Literal["drop_oldest", "drop_newest", "block"]
@@ -103,14 +110,14 @@ DEFAULT_RESOURCES = Resources.model_validate({"cpu": "250m", "memory": "256Mi"})
 
 
 class Autoscaling(_Strict):
-    cpu_utilization: int = Field(70, ge=1, le=100, description="HPA CPU averageUtilization, %")
-    message_rate: int = Field(10000, gt=0, description="HPA msg/s per pod target")
+    cpu_utilization: Count = Field(70, ge=1, le=100, description="HPA CPU averageUtilization, %")
+    message_rate: Count = Field(10000, gt=0, description="HPA msg/s per pod target")
 
 
 class Buffer(_Strict):
     """The bounded buffer between the exchange socket and NATS in the connector."""
 
-    capacity: int = Field(10000, gt=0, le=10_000_000)
+    capacity: Count = Field(10000, gt=0, le=10_000_000)
     drop_policy: DropPolicy = "drop_oldest"
 
 
@@ -119,8 +126,8 @@ class StreamLimits(_Strict):
 
     max_age: Seconds = 72 * 3600.0
     max_bytes: Quantity = "10Gi"
-    max_msgs: int = Field(-1, ge=-1)
-    replicas: int = Field(1, ge=1, le=5)
+    max_msgs: Count = Field(-1, ge=-1)
+    replicas: Count = Field(1, ge=1, le=5)
     duplicate_window: Seconds = 120.0
     storage: Literal["file", "memory"] = "file"
 
@@ -150,7 +157,7 @@ class Streams(_Strict):
 
 class Archiver(_Strict):
     rotation: Seconds = 3600.0
-    batch_size: int = Field(1000, gt=0, le=100_000)
+    batch_size: Count = Field(1000, gt=0, le=100_000)
     storage: Quantity = "10Gi"
 
 
@@ -169,8 +176,8 @@ SelectorValue = AttrValue | list[AttrValue]
 class Shard(_Strict):
     name: str = ""  # filled from the mapping key
     selector: dict[str, SelectorValue]
-    replicas: int = Field(ge=1, le=1000, description="autoscaler maximum")
-    min_replicas: int = Field(1, ge=1)
+    replicas: Count = Field(ge=1, le=1000, description="autoscaler maximum")
+    min_replicas: Count = Field(1, ge=1)
     resources: Resources = DEFAULT_RESOURCES
     autoscaling: Autoscaling = Autoscaling()
     buffer: Buffer = Buffer()
@@ -178,6 +185,11 @@ class Shard(_Strict):
     @field_validator("selector")
     @classmethod
     def _selector_values(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError(
+                "empty selector: it would claim every symbol; give at least one key "
+                "(a deliberate catch-all is `symbol: '*'`)"
+            )
         for key, item in value.items():
             if isinstance(item, list) and not item:
                 raise ValueError(f"selector key {key!r} has an empty list, which matches nothing")
@@ -239,55 +251,67 @@ class Environment(_Strict):
             ) from None
 
 
-def _semantic_problems(env: Environment, source: SourceMap) -> list[Problem]:
+# The environment's name prefixes Redis keys (`{env}:shard:...`), names the local state
+# file and labels Kubernetes objects (label values: at most 63 characters).
+ENV_NAME = re.compile(r"^[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?$")
+
+
+def _document_problems(data: dict[str, Any], source: SourceMap) -> list[Problem]:
+    """Checks on the document as written, run whether or not the schema check passes.
+
+    They need no typed model (names, pins, the `shards` mapping itself), so a file with a
+    bad quantity *and* a bad shard name gets both reported in one run.
+    """
     problems: list[Problem] = []
-    if not env.shards:
-        problems.append(source.problem(("shards",), "no shards defined: at least one is required"))
-    why = name_problem("feed", env.feed, TOKEN_NAME)
-    if why:
-        problems.append(source.problem(("feed",), why))
-    for name in env.shards:
-        why = name_problem("shard", name, SHARD_NAME)
-        if why:
-            problems.append(source.problem(("shards", name), why))
-    for symbol, target in env.assignments.items():
-        if target not in env.shards:
-            problems.append(
-                source.problem(
-                    ("assignments", symbol),
-                    f"pin of {symbol!r} to shard {target!r}, which does not exist "
-                    f"(shards: {', '.join(env.shards)})",
-                )
+    name = data.get("name")
+    if isinstance(name, str) and not ENV_NAME.match(name):
+        problems.append(
+            source.problem(
+                ("name",),
+                f"environment name {name!r} must be letters, digits, '-', '_' or '.', start "
+                f"and end with a letter or digit, at most 63 characters (it prefixes Redis "
+                f"keys and labels Kubernetes objects)",
             )
-    for symbol in env.symbols:
-        if not symbol or symbol != symbol.strip():
-            problems.append(source.problem(("symbols", symbol), f"bad symbol name {symbol!r}"))
+        )
+    feed = data.get("feed")
+    if isinstance(feed, str):
+        why = name_problem("feed", feed, TOKEN_NAME)
+        if why:
+            problems.append(source.problem(("feed",), why))
+    shards = data.get("shards")
+    if "shards" in data and not shards:  # null, {} or []
+        problems.append(source.problem(("shards",), "no shards defined: at least one is required"))
+    if isinstance(shards, dict):
+        for shard, body in shards.items():
+            why = name_problem("shard", shard, SHARD_NAME)
+            if why:
+                problems.append(source.problem(("shards", shard), why))
+            if isinstance(body, dict) and "name" in body and body["name"] != shard:
+                # a dumped environment (the runtime's ConfigMap) repeats the key as `name`
+                problems.append(
+                    source.problem(
+                        ("shards", shard, "name"),
+                        f"name {body['name']!r} differs from the shard's key {shard!r} "
+                        f"(a shard is named by its key under `shards`)",
+                    )
+                )
+    assignments = data.get("assignments")
+    if isinstance(assignments, dict) and isinstance(shards, dict) and shards:
+        for symbol, target in assignments.items():
+            if isinstance(target, str) and target not in shards:
+                problems.append(
+                    source.problem(
+                        ("assignments", symbol),
+                        f"pin of {symbol!r} to shard {target!r}, which does not exist "
+                        f"(shards: {', '.join(shards)})",
+                    )
+                )
+    symbols = data.get("symbols")
+    if isinstance(symbols, dict):
+        for symbol in symbols:
+            if not symbol.strip() or symbol != symbol.strip():
+                problems.append(source.problem(("symbols", symbol), f"bad symbol name {symbol!r}"))
     return problems
-
-
-def _pydantic_problems(exc: ValidationError, source: SourceMap) -> list[Problem]:
-    problems = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-        if loc and loc[0] == "schema_":
-            loc = ("schema", *loc[1:])
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            message = f"unknown key {loc[-1]!r}"
-        elif kind == "missing":
-            message = f"required key {loc[-1]!r} is missing"
-            problems.append(source.problem(loc[:-1], message))
-            continue
-        else:
-            message = err["msg"].removeprefix("Value error, ")
-            if "input" in err and not isinstance(err["input"], (dict, list)):
-                message += f" (got {err['input']!r})"
-        problems.append(source.problem(loc, message))
-    # one message per place: union branches repeat themselves
-    unique: dict[tuple[object, ...], Problem] = {}
-    for p in problems:
-        unique.setdefault((p.line, p.path, p.message), p)
-    return list(unique.values())
 
 
 _UNION_TAGS = {
@@ -298,26 +322,127 @@ _UNION_TAGS = {
 }
 
 
+def _pydantic_problems(exc: ValidationError, source: SourceMap) -> list[Problem]:
+    problems: list[Problem] = []
+    unions: dict[tuple[Any, ...], list[tuple[tuple[Any, ...], Any]]] = {}
+    for err in exc.errors(include_url=False):
+        raw_loc = err["loc"]
+        tagged = [i for i, p in enumerate(raw_loc) if isinstance(p, str) and p in _UNION_TAGS]
+        if tagged:
+            # one value, several union branches (a string, or a list of strings): group
+            # them and say it once
+            at = tagged[0]
+            unions.setdefault(tuple(raw_loc[:at]), []).append((tuple(raw_loc[at + 1 :]), err))
+            continue
+        problems.append(_problem_of(tuple(raw_loc), err, source))
+    for loc, branches in unions.items():
+        deeper = [(rest, err) for rest, err in branches if rest]
+        if deeper:  # a list whose items are wrong: name the items
+            problems.extend(_problem_of((*loc, *rest), err, source) for rest, err in deeper)
+        else:
+            value = branches[0][1].get("input")
+            problems.append(
+                source.problem(
+                    _public_loc(loc, source),
+                    f"expected a string, a number or a list of them, got {_describe(value)}",
+                )
+            )
+    # one message per place
+    unique: dict[tuple[object, ...], Problem] = {}
+    for p in problems:
+        unique.setdefault((p.path, p.message), p)
+    return list(unique.values())
+
+
+def _public_loc(loc: tuple[Any, ...], source: SourceMap) -> tuple[Any, ...]:
+    """The key path as the file writes it (`schema`, the short form of `resources`)."""
+    if loc and loc[0] == "schema_":
+        loc = ("schema", *loc[1:])
+    # `resources: {cpu, memory}` is expanded into requests and limits: report the
+    # written key once, not twice
+    for i in range(len(loc) - 1):
+        if loc[i] == "resources" and loc[i + 1] in ("requests", "limits"):
+            if loc[: i + 2] not in source.lines:
+                loc = (*loc[: i + 1], *loc[i + 2 :])
+            break
+    return loc
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+_PLAIN_MESSAGES = {
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+}
+
+
+_BOUNDS = {
+    "greater_than_equal": "at least",
+    "greater_than": "greater than",
+    "less_than_equal": "at most",
+    "less_than": "less than",
+}
+
+
+def _problem_of(raw_loc: tuple[Any, ...], err: Any, source: SourceMap) -> Problem:
+    loc = _public_loc(raw_loc, source)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return source.problem(loc, f"unknown key {loc[-1]!r}")
+    if kind == "missing":
+        return source.problem(loc[:-1], f"required key {loc[-1]!r} is missing")
+    message = _PLAIN_MESSAGES.get(kind) or str(err["msg"]).removeprefix("Value error, ")
+    bound = err.get("ctx") or {}
+    for key, words in _BOUNDS.items():
+        if kind == key and len(bound) == 1:
+            message = f"must be {words} {next(iter(bound.values()))}"
+    if "input" in err and not isinstance(err["input"], (dict, list)):
+        value = err["input"]
+        shown = (
+            "null"
+            if value is None
+            else attribute_text(value)
+            if isinstance(value, bool)
+            else repr(value)
+        )
+        if repr(value) not in message:
+            message += f" (got {shown})"
+    return source.problem(loc, message)
+
+
 def parse_environment(text: str | bytes, file: str) -> Environment:
     """Validate an environment document; `ConfigError` lists every problem found."""
     data, source = load_yaml(text, file)
     if not isinstance(data, dict):
         raise ConfigError(
             Problem(
-                f"expected a mapping with name, feed, symbols and shards, got {type(data).__name__}",
+                f"expected a mapping with name, feed, symbols and shards, got {_describe(data)}",
                 file=file,
                 line=1,
             )
         )
-    if "shards" in data and not data["shards"]:
-        raise ConfigError(
-            source.problem(("shards",), "no shards defined: at least one is required")
-        )
+    problems = _document_problems(data, source)
+    env: Environment | None = None
     try:
         env = Environment.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(exc, source)) from None
-    ConfigError.collect(_semantic_problems(env, source))
+        written = {p.path for p in problems}
+        problems.extend(p for p in _pydantic_problems(exc, source) if p.path not in written)
+    ConfigError.collect(problems)
+    assert env is not None
     env._file = file
     env._source = source
     return env

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .environment import Environment
+from .environment import Environment, environment_path, parse_environment
 from .errors import ConfigError, Problem
+from .secmaster import SymbolSource, merge_symbols
 from .selectors import Selector
 
 
@@ -44,6 +46,12 @@ class Layout:
 
 
 def compile_selectors(env: Environment) -> list[Selector]:
+    selectors, problems = _compile(env)
+    ConfigError.collect(problems)
+    return selectors
+
+
+def _compile(env: Environment) -> tuple[list[Selector], list[Problem]]:
     problems: list[Problem] = []
     selectors = []
     for name, shard in env.shards.items():
@@ -51,8 +59,7 @@ def compile_selectors(env: Environment) -> list[Selector]:
             selectors.append(Selector.build(name, shard.selector))
         except ValueError as exc:
             problems.append(_problem(env, ("shards", name, "selector"), str(exc)))
-    ConfigError.collect(problems)
-    return selectors
+    return selectors, problems
 
 
 def _problem(env: Environment, path: tuple[str, ...], message: str) -> Problem:
@@ -146,8 +153,18 @@ def resolve(
     only then is a pin of an unknown symbol an error (offline, a Kalshi-backed environment
     knows only its manual symbols).
     """
-    selectors = compile_selectors(env)
-    order = {s.shard: i for i, s in enumerate(selectors)}
+    layout, problems = resolve_with_problems(env, universe, complete_universe=complete_universe)
+    ConfigError.collect(problems)
+    return layout
+
+
+def resolve_with_problems(
+    env: Environment, universe: Mapping[str, Mapping[str, str]], *, complete_universe: bool = True
+) -> tuple[Layout, list[Problem]]:
+    """Like `resolve`, but returns the problems next to the layout of every symbol that did
+    resolve (orphans and overlaps are left out of it) instead of raising."""
+    selectors, problems = _compile(env)
+    order = {name: i for i, name in enumerate(env.shards)}
     match = _Matcher(selectors)
     assignment: dict[str, str] = {}
     orphans: list[str] = []
@@ -155,7 +172,7 @@ def resolve(
     pins = env.assignments
     for symbol in sorted(universe):
         pinned = pins.get(symbol)
-        if pinned is not None:
+        if pinned is not None and pinned in order:
             assignment[symbol] = pinned
             continue
         matches = match(symbol, universe[symbol])
@@ -166,7 +183,6 @@ def resolve(
             orphans.append(symbol)
         else:
             overlaps.append((symbol, sorted((m.shard for m in matches), key=order.__getitem__)))
-    problems: list[Problem] = []
     if complete_universe:
         for symbol in pins:
             if symbol not in universe:
@@ -193,8 +209,83 @@ def resolve(
                 f"specific than the others; narrow a selector or pin it in `assignments`",
             )
         )
-    ConfigError.collect(problems)
     by_shard: dict[str, list[str]] = {name: [] for name in env.shards}
     for symbol, shard in assignment.items():  # symbols were visited sorted
         by_shard[shard].append(symbol)
-    return Layout(env=env.name, feed=env.feed, assignment=assignment, by_shard=by_shard)
+    layout = Layout(env=env.name, feed=env.feed, assignment=assignment, by_shard=by_shard)
+    return layout, problems
+
+
+def knows_every_symbol(env: Environment, secmaster: SymbolSource | None = None) -> bool:
+    """Whether the universe of `env` is complete without asking an outside secmaster."""
+    return secmaster is not None or env.secmaster.source == "manual"
+
+
+def layout_of(env: Environment, secmaster: SymbolSource | None = None) -> Layout:
+    """The layout of `env`'s own universe (manual symbols, plus `secmaster`'s when given)."""
+    return resolve(
+        env,
+        merge_symbols(env, secmaster),
+        complete_universe=knows_every_symbol(env, secmaster),
+    )
+
+
+@dataclass
+class Validation:
+    """Everything `ssmd shard validate` reports about one environment file.
+
+    `problems` make the file invalid (exit 1); `warnings` do not. `env` is None when the file
+    did not even load; `layout` then is None too. Further checks (resources against a budget,
+    NATS mappings, a plan's result) append to `problems` with the same `Problem` type.
+    """
+
+    file: str
+    env: Environment | None
+    layout: Layout | None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def validate_document(
+    text: str | bytes, file: str, secmaster: SymbolSource | None = None
+) -> Validation:
+    """Load, check and resolve one environment document, collecting every problem."""
+    try:
+        env = parse_environment(text, file)
+    except ConfigError as exc:
+        return Validation(file, None, None, list(exc.problems))
+    universe = merge_symbols(env, secmaster)
+    layout, problems = resolve_with_problems(
+        env, universe, complete_universe=knows_every_symbol(env, secmaster)
+    )
+    return Validation(file, env, layout, problems, environment_warnings(env, layout))
+
+
+def environment_warnings(env: Environment, layout: Layout) -> list[Problem]:
+    """Legal but suspicious: a shard that no known symbol resolves to."""
+    warnings: list[Problem] = []
+    complete = knows_every_symbol(env)
+    for name in env.shards:
+        if not layout.symbols_of(name):
+            hint = "" if complete else " among the manual symbols (the secmaster may add some)"
+            warnings.append(
+                _problem(env, ("shards", name), f"shard {name!r} gets no symbols{hint}")
+            )
+    return warnings
+
+
+def validate_environment(ref: str | Path, secmaster: SymbolSource | None = None) -> Validation:
+    """`validate_document` of the environment named or pointed to by `ref` (as the CLI's ENV).
+
+    An unknown name or an unreadable file raises `ConfigError`: there is no document.
+    """
+    path = environment_path(str(ref))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read environment file {path}: {exc.strerror}") from None
+    return validate_document(data, str(path), secmaster)
