@@ -23,9 +23,12 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _register() -> None:
+    from .cli_reshard import day_app, register
     from .cli_shard import shard_app
 
+    register(shard_app)  # shard rates | plan | apply | rollback
     app.add_typer(shard_app, name="shard")
+    app.add_typer(day_app, name="day")
     from runtime.cli import run_app
 
     app.add_typer(run_app, name="run")

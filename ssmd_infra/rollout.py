@@ -255,7 +255,7 @@ class PulumiStack:
         self.stack = stack
         self.out = out
 
-    def _select(self) -> Any:
+    def _select(self, env_vars: dict[str, str] | None = None) -> Any:
         if pulumi_cli() is None:
             raise SsmdError(
                 f"the Pulumi CLI is not on PATH; the Automation API needs it to run `pulumi` on "
@@ -263,11 +263,17 @@ class PulumiStack:
             )
         from pulumi import automation as auto
 
-        return auto.select_stack(stack_name=self.stack, work_dir=str(self.project))
+        opts = auto.LocalWorkspaceOptions(env_vars=env_vars) if env_vars else None
+        return auto.select_stack(stack_name=self.stack, work_dir=str(self.project), opts=opts)
 
-    def preview(self) -> dict[str, int]:
-        """`pulumi preview --diff`: the counts of creates, updates, replaces, deletes."""
-        result = self._select().preview(diff=True, on_output=self.out)
+    def preview(self, env_dir: Path | None = None) -> dict[str, int]:
+        """`pulumi preview --diff`: the counts of creates, updates, replaces, deletes.
+
+        With `env_dir`, the program reads the environment from there (`SSMD_ENV_DIR`): that
+        is how a plan is previewed before its file is written.
+        """
+        env_vars = {"SSMD_ENV_DIR": str(env_dir)} if env_dir is not None else None
+        result = self._select(env_vars).preview(diff=True, on_output=self.out)
         return {str(k): int(v) for k, v in (result.change_summary or {}).items()}
 
     def up(self, message: str) -> dict[str, Any]:
