@@ -26,7 +26,7 @@ import yaml
 from .checks import Budget, Check, deployment_checks
 from .desired import desired_diff
 from .environment import Environment, environment_path, load_environment, parse_environment
-from .errors import ConfigError, SsmdError
+from .errors import ConfigError, Problem, SsmdError
 from .live import REDIS_URL_VARIABLE, read_live, redis_url_for
 from .planning import (
     DEFAULT_TOLERANCE,
@@ -47,7 +47,7 @@ from .plans import (
     raw_document,
     save_plan,
 )
-from .resolution import resolve
+from .resolution import Validation, resolve
 from .secmaster import merge_symbols
 
 day_app = typer.Typer(no_args_is_help=True, help="The day roll: end the day, apply, start, verify.")
@@ -403,18 +403,26 @@ def _nothing_to_do(proposal: Proposal, as_json: bool) -> None:
 
 
 def plan_document(env: str, plan_id: str) -> tuple[str, str]:
-    """(file, text) `validate --plan` checks: the plan's file as it would be written, after
-    refusing a plan computed from another version of the environment file."""
+    """(text, file) `validate --plan` checks: the file as the plan would write it, after
+    refusing a plan computed from another version of the environment file. The file is
+    labelled with the plan, since line numbers are those of the planned text."""
     plan = load_plan(plan_id)
     path = check_current(plan, env)
-    return str(path), plan.environment_after
+    return plan.environment_after, f"{path} (as planned by {plan.id})"
 
 
-def checks_for(
-    environment: Environment, cpu_budget: str | None, memory_budget: str | None
-) -> list[Check]:
-    """The deployment checks `validate` adds to schema and resolution problems."""
-    return deployment_checks(environment, Budget.parse(cpu_budget, memory_budget))
+def add_deployment_checks(
+    report: Validation, cpu_budget: str | None, memory_budget: str | None
+) -> Validation:
+    """`report` with every failed deployment check (budget, NATS mappings, Kubernetes
+    names) appended to its problems, so `validate` fails on them like on an overlap."""
+    budget = Budget.parse(cpu_budget, memory_budget)
+    if report.env is None:
+        return report
+    for check in deployment_checks(report.env, budget):
+        if check.failed:
+            report.problems.append(Problem(check.message, file=report.file, path=check.name))
+    return report
 
 
 # ----------------------------------------------------------------------------- the roll

@@ -18,7 +18,14 @@ from .envedit import EditResult, create_shard, move_symbol
 from .environment import Environment, Shard, load_environment
 from .errors import ConfigError, Problem
 from .live import REDIS_URL_VARIABLE, ShardLive, read_live, redis_url_for
-from .resolution import Layout, Validation, knows_every_symbol, layout_of, validate_environment
+from .resolution import (
+    Layout,
+    Validation,
+    knows_every_symbol,
+    layout_of,
+    validate_document,
+    validate_environment,
+)
 from .selectors import Selector
 
 shard_app = typer.Typer(no_args_is_help=True, help="Inspect and edit shards of an environment.")
@@ -105,15 +112,43 @@ def _problem_json(p: Problem) -> dict[str, Any]:
     }
 
 
-def validation_report(env: str) -> Validation:
-    """The problems `validate` reports; extend here (more checks append to `problems`)."""
-    return validate_environment(env)
+def validation_report(
+    env: str,
+    plan: str | None = None,
+    cpu_budget: str | None = None,
+    memory_budget: str | None = None,
+) -> Validation:
+    """The problems `validate` reports; extend here (more checks append to `problems`).
+
+    With `plan`, the environment file as that plan would write it (refused when the file
+    changed since the plan); deployment checks (budget, NATS mappings) come from
+    `cli_reshard`.
+    """
+    from .cli_reshard import add_deployment_checks, plan_document
+
+    report = (
+        validate_environment(env) if plan is None else validate_document(*plan_document(env, plan))
+    )
+    return add_deployment_checks(report, cpu_budget, memory_budget)
 
 
 @shard_app.command("validate")
-def validate(env: str = EnvArg, as_json: bool = JsonOpt) -> None:
-    """Check schema, names, pins, orphans and overlaps; list every problem, exit 1 on any."""
-    report = validation_report(env)
+def validate(
+    env: str = EnvArg,
+    as_json: bool = JsonOpt,
+    plan: str | None = typer.Option(None, "--plan", help="validate the file a plan would write"),
+    cpu_budget: str | None = typer.Option(
+        None, "--cpu-budget", help="cores requested at full scale may not exceed (SSMD_CPU_BUDGET)"
+    ),
+    memory_budget: str | None = typer.Option(
+        None,
+        "--memory-budget",
+        help="memory requested at full scale, e.g. 64Gi (SSMD_MEMORY_BUDGET)",
+    ),
+) -> None:
+    """Check schema, names, pins, orphans, overlaps, resources against a budget and NATS
+    subject mappings; list every problem, exit 1 on any."""
+    report = validation_report(env, plan, cpu_budget, memory_budget)
     if as_json:
         _json(
             {
