@@ -563,9 +563,12 @@ def _new_names(
         if len(set(names)) != len(names):
             raise PlanError("--names: the names must differ")
         return names
-    stem = base if base[-1].isdigit() else f"{base}-"
+    # `tier1` → `tier1a` (the seed's carve-out style); `crypto` → `crypto-b` (it is "a")
+    stem, letters = (base, "abcdefghijklmnopqrstuvwxyz")
+    if not base[-1].isdigit():
+        stem, letters = f"{base}-", "bcdefghijklmnopqrstuvwxyz"
     names = []
-    for letter in "abcdefghijklmnopqrstuvwxyz":
+    for letter in letters:
         candidate = f"{stem}{letter}"
         if candidate not in taken and SHARD_NAME.match(candidate):
             names.append(candidate)
@@ -595,9 +598,12 @@ def _carve_ops(
         if by_glob:
             patterns = globs_for(symbols, domain, cover=by_glob)
             selector[SYMBOL_KEY] = patterns[0] if len(patterns) == 1 else patterns
-        elif globbable:
-            # only pinned symbols: a selector that matches no known symbol keeps it explicit
-            selector[SYMBOL_KEY] = sorted(pinned)
+        else:
+            # pins only: the selector names exactly the pinned tickers, so it reads as what the
+            # shard holds and catches nothing of its source (a copy of a symbol-constrained
+            # selector would tie with it: an overlap)
+            selector.pop(PREFIX_KEY, None)
+            selector[SYMBOL_KEY] = sorted(pinned) if len(pinned) > 1 else pinned[0]
         body["selector"] = selector
         ops.append(AddShard(name, body, after))
         after = name
@@ -715,6 +721,10 @@ def split(
     globbable = _globbable(sit, shard)
     domain = _domain(sit, shard) if globbable else None
     units = _units_at(sit, members, 0, domain)
+    # silent (or unmeasured) tickers weigh nothing: they stay where they are unless a group
+    # would otherwise be empty, so they never cost a move
+    idle = [u for u in units if u.rate <= 0]
+    units = [u for u in units if u.rate > 0]
     mean = total / ways
     while True:
         groups = _lpt(units, ways)
@@ -730,9 +740,14 @@ def split(
             break  # the LPT bound is already within the tolerance; cutting would only add globs
         units.remove(heaviest)
         units.extend(_refine(sit, heaviest, domain))
+    spare = sorted((_Unit(s, -1, [s], 0.0) for u in idle for s in u.symbols), key=lambda u: u.key)
+    for group in groups:
+        if not group:  # fewer busy tickers than N (ways ≤ symbols, so spares suffice)
+            group.append(spare.pop(0))
+    keep = max(range(ways), key=lambda i: (sum(len(u.symbols) for u in groups[i]), loads[i], -i))
+    groups[keep].extend(spare)
     symbol_groups = [sorted(s for u in g for s in u.symbols) for g in groups]
     # the biggest group stays (fewest moves); the others become carve-outs ordered by content
-    keep = max(range(ways), key=lambda i: (len(symbol_groups[i]), loads[i], -i))
     carved = sorted((g for i, g in enumerate(symbol_groups) if i != keep), key=lambda g: g[0])
     new_names = _new_names(sit, shard, ways - 1, names)
     moves = {s: name for name, group in zip(new_names, carved, strict=True) for s in group}
@@ -747,8 +762,8 @@ def split(
         mean=mean,
         heaviest=final_loads[-1],
         lightest=final_loads[0],
-        largest_unit=max(u.rate for u in units),
-        bound=mean + (1.0 - 1.0 / ways) * max(u.rate for u in units),
+        largest_unit=max((u.rate for u in units), default=0.0),
+        bound=mean + (1.0 - 1.0 / ways) * max((u.rate for u in units), default=0.0),
     )
     notes = list(sit.notes)
     if balance.imbalance > tolerance:
