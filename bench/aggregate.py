@@ -520,8 +520,10 @@ async def main(args: argparse.Namespace) -> None:
     if args.prefill > 0:
         plan.append(("prefill", "prefill", 0.0, args.prefill))
     results: list[dict[str, Any]] = []
-    for name, mode, rate, seconds in plan:
-        result = {"name": name, **await phase(workdir, name, mode, args, rate, seconds)}
+    for n, (name, mode, rate, seconds) in enumerate(plan):
+        # every phase has its own server store: a reused one would answer "duplicate"
+        run_dir = workdir / f"{n:02d}"
+        result = {"name": name, **await phase(run_dir, name, mode, args, rate, seconds)}
         results.append(result)
         print(fmt(result), flush=True)
 
