@@ -720,7 +720,9 @@ def day_roll(
 
 
 def register(shard_app: typer.Typer) -> None:
-    """Add `rates`, `plan`, `apply` and `rollback` to `ssmd shard`."""
+    """Add `rates`, `plan`, `apply` and `rollback` to `ssmd shard` (once)."""
+    if any(c.name == "plan" for c in shard_app.registered_commands):
+        return
     shard_app.command("rates")(shard_rates)
     shard_app.command("plan")(plan_command)
     shard_app.command("apply")(apply_command)
