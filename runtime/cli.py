@@ -12,6 +12,10 @@ from runtime.connector import connector_command  # noqa: E402
 
 run_app.command("connector")(connector_command)
 
+from runtime.archiver import archiver_command  # noqa: E402
+
+run_app.command("archiver")(archiver_command)
+
 from runtime.kalshi.simulator_cli import simulator_command  # noqa: E402
 
 run_app.command("simulator")(simulator_command)
