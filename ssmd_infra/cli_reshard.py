@@ -450,7 +450,7 @@ def _verify(
         )
     )
     rows = [f.to_dict() for f in flows]
-    _out(f"data flow after the roll ({flows[0].seconds:.1f}s observed):")
+    _out(f"data flow after the roll (msg/s measured over {flows[0].seconds:.1f}s once flowing):")
     _table(
         ["STREAM", "SHARD", "MESSAGES", "MSG/S", ""],
         [

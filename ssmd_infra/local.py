@@ -111,6 +111,10 @@ class LocalPipeline:
     servers: list[ServerProcess] = field(default_factory=list, init=False)
     children: list[Child] = field(default_factory=list, init=False)
     generation: int = field(default=0, init=False)
+    # outcome of the last SIGHUP, read back by `ssmd shard apply|rollback --target local`
+    roll_attempts: int = field(default=0, init=False)
+    roll_error: str | None = field(default=None, init=False)
+    roll_actions: list[str] = field(default_factory=list, init=False)
     kalshi_ws_url: str | None = field(default=None, init=False)
     kalshi_rest_url: str | None = field(default=None, init=False)
     simulator: Child | None = field(default=None, init=False)
@@ -122,6 +126,7 @@ class LocalPipeline:
     def _load(self) -> None:
         self.env_file = environment_path(self.env_ref)
         self.env = load_environment(self.env_file)
+        self.env_text = Path(self.env_file).read_bytes()  # what a refused roll goes back to
         self.layout = resolve(
             self.env,
             merge_symbols(self.env),
@@ -213,9 +218,9 @@ class LocalPipeline:
         self.children.append(child)
         return child
 
-    def _start_shards(self, shards: list[str]) -> None:
+    def _start_shards(self, shards: list[str], env_file_override: Path | None = None) -> None:
         assert self.nats_url and self.redis_url and self.kalshi_ws_url and self.kalshi_rest_url
-        env_file = str(self.env_file)
+        env_file = str(env_file_override or self.env_file)
         for name in shards:
             shard = self.env.shards[name]
             for _ in range(shard.replicas):
@@ -277,6 +282,9 @@ class LocalPipeline:
             "generation": self.generation,
             "rolled_at": time.time(),
             "shards": list(self.env.shards),
+            "roll_attempts": self.roll_attempts,
+            "roll_error": self.roll_error,
+            "roll_actions": self.roll_actions,
         }
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(state, indent=2))
@@ -369,19 +377,35 @@ class LocalPipeline:
     # -- day roll ----------------------------------------------------------------------------
 
     async def roll(self) -> None:
-        """End the day, apply the environment file now on disk, start the next day."""
+        """End the day, apply the environment file now on disk, start the next day.
+
+        The outcome (`roll_attempts`, `roll_error`, `roll_actions`) goes to the state file for
+        the command that sent the SIGHUP. A refused roll leaves yesterday's layout running.
+        """
+        self.roll_attempts += 1
         old_shards = set(self.env.shards)
-        old_env, old_layout = self.env, self.layout
+        old_env, old_layout, old_text = self.env, self.layout, self.env_text
         try:
             self._load()
         except SsmdError as exc:
-            self.env, self.layout = old_env, old_layout
+            self.env, self.layout, self.env_text = old_env, old_layout, old_text
             self.console.print(f"[bold red]day roll refused:[/] {exc}")
+            self._roll_outcome(str(exc), [])
             return
         self.console.print(f"[bold]day roll {self.generation + 1}:[/] stopping connectors")
-        await self._stop_kind("connector", drain=True)
+        # on SIGTERM each connector drains its buffer and waits for its acknowledgements
+        await self._stop_kind("connector", drain=False)
         assert self.nats_url
-        actions = await reconcile_streams(self.nats_url, stream_specs(self.env))
+        try:
+            actions = await reconcile_streams(self.nats_url, stream_specs(self.env))
+        except SsmdError as exc:  # refused before any change: restart yesterday's layout
+            self.env, self.layout, self.env_text = old_env, old_layout, old_text
+            previous = self.workdir / "environment-before-refused-roll.yaml"
+            previous.write_bytes(old_text)
+            self._start_shards(list(self.env.shards), previous)
+            self.console.print(f"[bold red]day roll refused:[/] {exc}")
+            self._roll_outcome(str(exc), [])
+            return
         for action in actions:
             self.console.print(f"  streams: {action}")
         removed = old_shards - set(self.env.shards)
@@ -389,6 +413,11 @@ class LocalPipeline:
             await self._stop_archivers(removed)
         self._start_shards(list(self.env.shards))
         self.generation += 1
+        self._roll_outcome(None, actions)
+
+    def _roll_outcome(self, error: str | None, actions: list[str]) -> None:
+        self.roll_error = error
+        self.roll_actions = list(actions)
         self._write_state()
 
     # -- stop --------------------------------------------------------------------------------

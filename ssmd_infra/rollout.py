@@ -394,13 +394,14 @@ def roll_local(env_name: str, env_file: Path, timeout: float = ROLL_TIMEOUT) -> 
 
 @dataclass(frozen=True)
 class Flow:
-    """What one stream did during the verification window."""
+    """What one stream did after the roll."""
 
     stream: str
     shard: str | None
-    messages: int
-    seconds: float
+    messages: int  # since the verification began
+    seconds: float  # the measuring window
     expected: bool  # False for a shard with no symbols: nothing can flow
+    window_messages: int = 0  # during the measuring window
 
     @property
     def ok(self) -> bool:
@@ -408,7 +409,7 @@ class Flow:
 
     @property
     def rate(self) -> float:
-        return self.messages / self.seconds if self.seconds > 0 else 0.0
+        return self.window_messages / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -443,35 +444,39 @@ async def verify_flow(
     timeout: float = VERIFY_TIMEOUT,
     window: float = VERIFY_WINDOW,
 ) -> list[Flow]:
-    """Watch every shard stream (and the client stream) until each has grown, at least
-    `window` seconds and at most `timeout`; a stream that never grows is a failed shard."""
+    """Watch every shard stream (and the client stream) until each expected one has grown,
+    at most `timeout` seconds; then measure every rate over a further `window` seconds, so
+    the figures are the steady state, not the connectors' start-up. A stream that never grew
+    is a failed shard (`Flow.ok` false)."""
     from . import natsstreams
 
     names = [internal_stream(s) for s in shards] + [CLIENT_STREAM]
     shard_of: dict[str, str | None] = {internal_stream(s): s for s in shards}
     shard_of[CLIENT_STREAM] = None
+    wanted = [n for n in names if shard_of[n] is None or expect(str(shard_of[n]))]
     async with natsstreams.connect(nats_url) as nc:
         start = await _last_seqs(nc, names)
         began = time.monotonic()
-        now = dict(start)
         while True:
-            await asyncio.sleep(0.5)
             now = await _last_seqs(nc, names)
-            elapsed = time.monotonic() - began
-            grown = all(
-                (now[n] or 0) > (start[n] or 0)
-                for n in names
-                if shard_of[n] is None or expect(str(shard_of[n]))
-            )
-            if (grown and elapsed >= window) or elapsed >= timeout:
+            if all((now[n] or 0) > (start[n] or 0) for n in wanted):
                 break
+            if time.monotonic() - began >= timeout:
+                break
+            await asyncio.sleep(0.5)
+        flowing = await _last_seqs(nc, names)
+        measured_from = time.monotonic()
+        await asyncio.sleep(window)
+        end = await _last_seqs(nc, names)
+        seconds = time.monotonic() - measured_from
     return [
         Flow(
-            name,
-            shard_of[name],
-            max(0, (now[name] or 0) - (start[name] or 0)),
-            elapsed,
-            shard_of[name] is None or expect(str(shard_of[name])),
+            stream=name,
+            shard=shard_of[name],
+            messages=max(0, (end[name] or 0) - (start[name] or 0)),
+            seconds=seconds,
+            expected=name in wanted,
+            window_messages=max(0, (end[name] or 0) - (flowing[name] or 0)),
         )
         for name in names
     ]

@@ -196,7 +196,10 @@ def test_plan_shows_changes_estimates_moves_and_saves_it(
     assert "Symbols moved: " in out
     assert "Balance: heaviest" in out and "LPT guarantees" in out
     # without the Pulumi CLI: said so, and ssmd's own desired-state diff instead
-    assert "pulumi preview not run: the Pulumi CLI is not on PATH. ssmd's own desired-state diff:" in out
+    assert (
+        "pulumi preview not run: the Pulumi CLI is not on PATH. ssmd's own desired-state diff:"
+        in out
+    )
     assert "+ shard tier1b:" in out and "connector Deployment, HPA" in out
     assert "+ stream ssmd-internal-tier1b" in out
     assert "~ stream ssmd-client: sources" in out
@@ -232,7 +235,9 @@ def test_plan_previews_the_planned_file_through_the_automation_api(
     assert selected["stack_name"] == "dev"
     assert selected["work_dir"] == str(repo)  # the project's own program: Pulumi.yaml → __main__.py
     assert (Path(selected["work_dir"]) / "__main__.py").is_file()
-    assert pulumi.calls == [("preview", {"diff": True, "on_output": pulumi.calls[0][1]["on_output"]})]
+    assert pulumi.calls == [
+        ("preview", {"diff": True, "on_output": pulumi.calls[0][1]["on_output"]})
+    ]
     # the program read the planned file, not the one on disk (which is untouched)
     assert "tier1b:" in pulumi.seen[0]
     assert "tier1b" not in (repo / ENV_REL).read_text()
@@ -266,7 +271,9 @@ def test_a_plan_is_refused_once_the_env_file_changed(
         result = ssmd(*args)
         assert result.code == 1
         assert f"plan {pid} was computed from another version of" in result.err
-        assert "Make a new plan: `ssmd shard plan kalshi-dev --strategy split-tier1:2`" in result.err
+        assert (
+            "Make a new plan: `ssmd shard plan kalshi-dev --strategy split-tier1:2`" in result.err
+        )
     assert env.read_text() == before
 
 
@@ -315,7 +322,10 @@ def test_unknown_plan_id(ssmd: Ssmd, repo: Path, no_pulumi: None) -> None:
     ("strategy", "message"),
     [
         ("shuffle", "unknown strategy 'shuffle'; use split-<shard>[:N]"),
-        ("split-tier9", "cannot split 'tier9': no such shard in kalshi-dev (shards: tier1a, tier1, tier2)"),
+        (
+            "split-tier9",
+            "cannot split 'tier9': no such shard in kalshi-dev (shards: tier1a, tier1, tier2)",
+        ),
         ("split-tier1:1", "N must be at least 2"),
         ("split-tier1:8", "shard tier1 has 7 symbol(s), so it can be split into at most 7"),
     ],
@@ -326,9 +336,7 @@ def test_bad_strategies(ssmd: Ssmd, repo: Path, strategy: str, message: str) -> 
     assert message in result.err
 
 
-def test_no_rates_available_says_how_to_get_them(
-    ssmd: Ssmd, repo: Path, redis_url: str
-) -> None:
+def test_no_rates_available_says_how_to_get_them(ssmd: Ssmd, repo: Path, redis_url: str) -> None:
     nowhere = ssmd("shard", "plan", "kalshi-dev", "--strategy", "rebalance")
     assert nowhere.code == 1
     assert "no rates available for kalshi-dev: no Redis to read them from" in nowhere.err
@@ -356,7 +364,9 @@ def test_rates_from_redis_saved_and_planned_from(
         assert "tier1   " in shown.out and "ETHUSD 4,000.0" in shown.out
         saved = yaml.safe_load((repo / "r.yaml").read_text())
         assert saved["shards"]["tier1"]["ETHUSD"] == 4000.0
-        from_file = ssmd("shard", "plan", "kalshi-dev", "--strategy", "split-tier1", "--rates", "r.yaml")
+        from_file = ssmd(
+            "shard", "plan", "kalshi-dev", "--strategy", "split-tier1", "--rates", "r.yaml"
+        )
         from_redis = ssmd(
             "shard", "plan", "kalshi-dev", "--strategy", "split-tier1", "--redis-url", redis_url
         )
@@ -378,7 +388,9 @@ def test_apply_on_kubernetes_runs_pulumi_up_with_the_env_commit(
     assert result.code == 0, result.err
     # the file is the plan's, committed on its own
     assert (repo / ENV_REL).read_text() == planned["environment_after"]
-    assert git(repo, "log", "-1", "--format=%s").startswith(f"ssmd shard apply kalshi-dev: plan {pid}")
+    assert git(repo, "log", "-1", "--format=%s").startswith(
+        f"ssmd shard apply kalshi-dev: plan {pid}"
+    )
     assert git(repo, "status", "--porcelain", "--", ENV_REL) == ""
     commit = git(repo, "log", "-1", "--format=%H", "--", ENV_REL)
     # the Automation API call: this project's program, the stack that names kalshi-dev
@@ -435,9 +447,7 @@ def test_rollback_lists_stack_history_and_restores_the_previous_commit(
     assert kwargs["message"] == f"ssmd shard rollback kalshi-dev: {ENV_REL}@{restored[:12]}"
 
 
-def test_rollback_to_a_revision_without_the_file(
-    ssmd: Ssmd, repo: Path, no_pulumi: None
-) -> None:
+def test_rollback_to_a_revision_without_the_file(ssmd: Ssmd, repo: Path, no_pulumi: None) -> None:
     readme = git(repo, "rev-list", "--max-parents=0", "HEAD")
     result = ssmd("shard", "rollback", "kalshi-dev", "--to", readme, "--target", "local")
     assert result.code == 1
@@ -508,9 +518,7 @@ def test_day_roll_verifies_data_flows_in_every_shard(
     # a fresh server-side state for this environment's streams
     asyncio.run(_reset_streams(url, env))
     with Publisher(url, {"tier1a": "BTCUSD", "tier1": "ETHUSD"}):
-        partial = ssmd(
-            "day", "roll", "kalshi-dev", "--nats-url", url, "--verify-timeout", "4"
-        )
+        partial = ssmd("day", "roll", "kalshi-dev", "--nats-url", url, "--verify-timeout", "4")
     assert partial.code == 1
     assert "ssmd-internal-tier2" in partial.out and "NO DATA" in partial.out
     assert "no data flowed within 4s in the streams marked NO DATA" in partial.err
@@ -522,7 +530,9 @@ def test_day_roll_verifies_data_flows_in_every_shard(
     assert "day roll done" in full.out
     name, kwargs = pulumi.calls[-1]
     commit = git(repo, "log", "-1", "--format=%H", "--", ENV_REL)
-    assert name == "up" and kwargs["message"] == f"ssmd day roll kalshi-dev: {ENV_REL}@{commit[:12]}"
+    assert (
+        name == "up" and kwargs["message"] == f"ssmd day roll kalshi-dev: {ENV_REL}@{commit[:12]}"
+    )
 
 
 async def _reset_streams(url: str, env: Any) -> None:
