@@ -1,0 +1,554 @@
+"""The archiver against a real nats-server (and redis-server): what is in a shard stream ends
+up in gzip JSONL files once (twice at most where at-least-once allows it, never zero), acked
+only once it is on disk, whatever happens to the process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client.parser import text_string_to_metric_families
+
+from runtime import archive_files
+from runtime.archiver import Archiver, consumer_name
+from runtime.publisher import JetStreamPublisher
+from ssmd_infra import redis_keys
+from ssmd_infra.environment import Environment, parse_environment
+from ssmd_infra.natsstreams import reconcile_streams
+from ssmd_infra.servers import free_port, start_redis
+from ssmd_infra.streams import internal_stream_spec
+from ssmd_infra.subjects import encode_symbol, internal_stream, internal_subject
+
+REPO = Path(__file__).resolve().parent.parent
+SYMBOLS = ["KXHIGHNY-24DEC05-B43.5", "FED-25DEC-T4.25", "PRES-2028-DEM"]
+TYPES = ["trade", "ticker", "orderbook_delta"]
+
+
+def env_text(shard: str, *, rotation: str = "1h", batch_size: int = 100) -> str:
+    symbols = "\n".join(f"  {s}: {{tier: 2}}" for s in SYMBOLS)
+    return f"""
+name: test-{shard}
+feed: kalshi
+symbols:
+{symbols}
+streams:
+  internal: {{max_age: 1h, max_bytes: 64Mi, duplicate_window: 2m}}
+archiver: {{rotation: {rotation}, batch_size: {batch_size}}}
+shards:
+  {shard}:
+    selector: {{tier: 2}}
+    replicas: 1
+"""
+
+
+class Shard:
+    """One test's shard: its environment, its stream, a publisher of Kalshi-like frames."""
+
+    def __init__(self, nats_url: str, tmp_path: Path, **env_options: Any) -> None:
+        self.name = f"ar{uuid.uuid4().hex[:8]}"
+        self.nats_url = nats_url
+        self.env_file = tmp_path / f"{self.name}.yaml"
+        self.env_file.write_text(env_text(self.name, **env_options))
+        self.env: Environment = parse_environment(self.env_file.read_text(), str(self.env_file))
+        self.stream = internal_stream(self.name)
+        self.data = tmp_path / "data"
+        self.sent: dict[str, tuple[str, str, bytes]] = {}  # msg id → (type, symbol, frame)
+        self._n = 0
+
+    async def create(self) -> Shard:
+        await reconcile_streams(self.nats_url, [internal_stream_spec(self.env, self.name)])
+        return self
+
+    def frames(self, count: int) -> list[tuple[bytes, bytes, bytes]]:
+        """`count` new (subject, frame, msg id), cycling through types and dotted symbols."""
+        out = []
+        for _ in range(count):
+            n = self._n
+            self._n += 1
+            msg_type, symbol = TYPES[n % len(TYPES)], SYMBOLS[(n // len(TYPES)) % len(SYMBOLS)]
+            msg_id = f"{msg_type}:{symbol}:{uuid.uuid4().hex}"
+            body = {"market_ticker": symbol, "n": n, "yes_price": n % 99 + 1}
+            frame = json.dumps({"type": msg_type, "sid": 1, "seq": n, "msg": body}).encode()
+            subject = internal_subject(self.name, "kalshi", msg_type, symbol).encode()
+            self.sent[msg_id] = (msg_type, symbol, frame)
+            out.append((subject, frame, msg_id.encode()))
+        return out
+
+    async def publish(self, count: int) -> None:
+        await self.publish_raw(self.frames(count))
+
+    async def publish_raw(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
+        publisher = JetStreamPublisher(self.nats_url, name="test-archiver-feed")
+        await publisher.start()
+        try:
+            for subject, frame, msg_id in items:
+                while publisher.room <= 0:
+                    await publisher.wait_for_room()
+                publisher.publish(subject, frame, msg_id)
+            assert await publisher.drain(20), "the stream did not acknowledge everything"
+        finally:
+            await publisher.close()
+
+    def archiver(self, **options: Any) -> Archiver:
+        defaults: dict[str, Any] = {"nats_url": self.nats_url, "data_dir": self.data}
+        defaults["metrics_port"] = 0
+        defaults.update(options)
+        return Archiver(self.env, self.name, **defaults)
+
+    def command(self, *extra: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "ssmd_infra",
+            "run",
+            "archiver",
+            str(self.env_file),
+            self.name,
+            "--nats-url",
+            self.nats_url,
+            "--data-dir",
+            str(self.data),
+            *extra,
+        ]
+
+    async def consumer_state(self) -> tuple[int, int, int]:
+        """(ack floor stream sequence, num_ack_pending, num_pending) of the archiver's
+        consumer; (-1, -1, -1) while it does not exist."""
+        nc = await nats.connect(self.nats_url)
+        try:
+            info = await nc.jetstream().consumer_info(self.stream, consumer_name(self.name))
+        except nats.js.errors.NotFoundError:
+            return -1, -1, -1
+        finally:
+            await nc.close()
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        return floor, int(info.num_ack_pending or 0), int(info.num_pending or 0)
+
+    def day_dirs(self) -> list[Path]:
+        return sorted(self.data.glob(f"kalshi/*/{self.name}"))
+
+    def parts(self) -> list[Path]:
+        return sorted(self.data.rglob("*.part"))
+
+    def lines(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Every line of every final archive file (each file must decompress completely)."""
+        out = []
+        for path in sorted(self.data.rglob("*.jsonl.gz")):
+            with gzip.open(path, "rb") as handle:
+                for raw in handle:
+                    out.append((path, json.loads(raw)))
+        return out
+
+    def manifest(self) -> dict[str, Any]:
+        (day,) = self.day_dirs()
+        data: dict[str, Any] = json.loads((day / "manifest.json").read_text())
+        return data
+
+
+@pytest.fixture
+async def shard(nats_url: str, tmp_path: Path) -> Shard:
+    return await Shard(nats_url, tmp_path).create()
+
+
+async def eventually(
+    check: Callable[[], bool] | Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(archiver: Archiver) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(archiver.run())
+    try:
+        await eventually(lambda: archiver.port is not None or task.done(), "archiver started")
+        yield task
+    finally:
+        archiver.stop()
+        await asyncio.wait_for(task, 20)
+
+
+async def scrape(port: int) -> dict[str, float]:
+    async with aiohttp.ClientSession() as http:
+        text = await (await http.get(f"http://127.0.0.1:{port}/metrics")).text()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def drained(archiver: Archiver, count: int) -> Callable[[], bool]:
+    return lambda: archiver.stats.archived >= count and archiver.stats.acked_seq >= count
+
+
+# -- what lands where -------------------------------------------------------------------------
+
+
+async def test_every_message_archived_once_in_its_type_dir_with_the_decoded_symbol(
+    shard: Shard,
+) -> None:
+    await shard.publish(300)
+    odd = [  # not JSON; JSON with line breaks; a subject that is not type.symbol
+        (internal_subject(shard.name, "kalshi", "trade", SYMBOLS[0]).encode(), b"not json{", b"x1"),
+        (
+            internal_subject(shard.name, "kalshi", "ticker", SYMBOLS[1]).encode(),
+            b'{"type": "ticker",\n "msg": {}}',
+            b"x2",
+        ),
+        (f"internal.{shard.name}.junk".encode(), b'{"a":1}', b"x3"),
+    ]
+    await shard.publish_raw(odd)
+    archiver = shard.archiver()
+    async with running(archiver):
+        await eventually(drained(archiver, 303), "everything archived and acked")
+        assert archiver.port is not None
+        metrics = await scrape(archiver.port)
+        assert metrics["ssmd_archiver_messages_total"] == 303
+        assert metrics["ssmd_archiver_invalid_total"] == 2
+        assert metrics["ssmd_archiver_lag"] == 0
+        async with aiohttp.ClientSession() as http:
+            assert (await http.get(f"http://127.0.0.1:{archiver.port}/healthz")).status == 200
+    assert shard.parts() == []
+    lines = shard.lines()
+    by_id = Counter(line["id"] for _, line in lines)
+    assert set(by_id) == set(shard.sent) | {"x1", "x2", "x3"}
+    assert set(by_id.values()) == {1}
+    assert sorted(line["seq"] for _, line in lines) == list(range(1, 304))
+    for path, line in lines:
+        if line["id"] in shard.sent:
+            msg_type, symbol, frame = shard.sent[line["id"]]
+            assert line["type"] == msg_type and path.parent.name == msg_type
+            assert line["symbol"] == symbol  # decoded: the dots are back
+            assert line["frame"] == json.loads(frame)
+            assert path.parent.parent.name == shard.name
+            assert path.parent.parent.parent.name == time.strftime(
+                "%Y-%m-%d", time.gmtime(line["received_ns"] / 1e9)
+            )
+    odd_lines = {line["id"]: (path, line) for path, line in lines if line["id"].startswith("x")}
+    assert odd_lines["x1"][1]["frame_text"] == "not json{"
+    assert odd_lines["x2"][1]["frame"] == {"type": "ticker", "msg": {}}
+    assert odd_lines["x3"][0].parent.name == "_invalid"
+    assert odd_lines["x3"][1]["subject"] == f"internal.{shard.name}.junk"
+    assert all(encode_symbol(s) != s for s in SYMBOLS[:2])  # the test's symbols need encoding
+
+
+async def test_rotation_renames_files_and_a_clean_stop_leaves_no_part(shard: Shard) -> None:
+    archiver = shard.archiver(rotation=0.6)
+    async with running(archiver):
+        for wave in range(1, 4):
+            await shard.publish(60)
+            await eventually(drained(archiver, 60 * wave), f"wave {wave} archived")
+            if wave == 1:
+                assert shard.parts(), "files are written under .part names"
+            await asyncio.sleep(0.8)  # past the rotation
+        await eventually(lambda: not shard.parts(), "rotated files renamed while running")
+        assert archiver.writer.files_finalized >= 3 * len(TYPES)
+    assert shard.parts() == []
+    lines = shard.lines()
+    assert Counter(line["id"] for _, line in lines) == Counter(set(shard.sent))
+    files = sorted(shard.data.rglob("*.jsonl.gz"))
+    manifest = shard.manifest()
+    listed = {entry["path"]: entry for entry in manifest["files"]}
+    assert set(listed) == {f"{p.parent.name}/{p.name}" for p in files}
+    for path in files:
+        entry = listed[f"{path.parent.name}/{path.name}"]
+        with gzip.open(path, "rb") as handle:
+            seqs = [json.loads(raw)["seq"] for raw in handle]
+        assert entry["lines"] == len(seqs)
+        assert (entry["seq_first"], entry["seq_last"]) == (min(seqs), max(seqs))
+        assert entry["bytes"] == path.stat().st_size
+    assert manifest["open"] == []
+    assert manifest["lines"] == 180
+    assert manifest["seq_ranges"] == [[1, 180]]
+    assert manifest["gaps"] == [] and manifest["missing"] == 0 and manifest["duplicates"] == 0
+
+
+async def test_manifest_lists_gaps_in_the_stream_sequence(shard: Shard) -> None:
+    await shard.publish(100)
+    nc = await nats.connect(shard.nats_url)
+    try:  # messages gone from the stream before the archiver read them: a gap to report
+        for seq in [*range(40, 50), 77]:
+            await nc.jetstream().delete_msg(shard.stream, seq)
+    finally:
+        await nc.close()
+    archiver = shard.archiver()
+    async with running(archiver):
+        await eventually(lambda: archiver.stats.archived >= 89, "archived")
+    manifest = shard.manifest()
+    assert manifest["seq_first"] == 1 and manifest["seq_last"] == 100
+    assert manifest["seq_ranges"] == [[1, 39], [50, 76], [78, 100]]
+    assert manifest["gaps"] == [[40, 49], [77, 77]]
+    assert manifest["missing"] == 11
+    assert manifest["lines"] == 89 == sum(e["lines"] for e in manifest["files"])
+    assert manifest["stream"] == shard.stream and manifest["shard"] == shard.name
+
+
+# -- at least once ------------------------------------------------------------------------------
+
+
+async def test_nothing_is_acked_before_it_is_fsynced(
+    shard: Shard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await shard.publish(250)
+    release = threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        assert release.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)  # the module the archive writer calls
+    archiver = shard.archiver()
+    task = asyncio.create_task(archiver.run())
+    try:
+        await eventually(lambda: archiver.stats.deliveries >= 100, "deliveries in hand")
+        await asyncio.sleep(0.5)
+        floor, ack_pending, _ = await shard.consumer_state()
+        assert floor == 0 and ack_pending >= 100  # delivered, written, but not synced: no ack
+        assert archiver.stats.archived == 0
+        release.set()
+        await eventually(drained(archiver, 250), "archived after the fsyncs")
+        await eventually(
+            lambda: _await_floor(shard, 250), "ack floor at the last message", timeout=10
+        )
+    finally:
+        release.set()
+        archiver.stop()
+        await asyncio.wait_for(task, 20)
+    assert len(shard.lines()) == 250
+
+
+async def _await_floor(shard: Shard, floor: int) -> bool:
+    return (await shard.consumer_state())[0] >= floor
+
+
+async def test_deliveries_to_a_dead_process_are_archived_not_acked_away(shard: Shard) -> None:
+    """The ack-all trap: a previous process got a batch and died before writing it. Acking
+    anything newer would acknowledge that batch too; the archiver resyncs instead."""
+    await shard.publish(200)
+    nc = await nats.connect(shard.nats_url)
+    try:
+        js = nc.jetstream()
+        await js.add_consumer(
+            shard.stream,
+            ConsumerConfig(
+                durable_name=consumer_name(shard.name), ack_policy=AckPolicy.ALL, ack_wait=60
+            ),
+        )
+        sub = await js.pull_subscribe_bind(consumer_name(shard.name), shard.stream)
+        taken = await sub.fetch(50, timeout=5)  # the dead process's batch: never written
+        assert len(taken) == 50
+    finally:
+        await nc.close()
+    archiver = shard.archiver()
+    async with running(archiver):
+        await eventually(drained(archiver, 200), "everything archived")
+        assert archiver.stats.resyncs == 1
+    seqs = Counter(line["seq"] for _, line in shard.lines())
+    assert sorted(seqs) == list(range(1, 201))
+    assert set(seqs.values()) == {1}
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as handle:
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+async def test_sigkill_mid_file_then_restart_loses_nothing_acked(shard: Shard) -> None:
+    port = free_port()
+    log = shard.data.parent / "archiver.log"
+    shard.data.mkdir(parents=True, exist_ok=True)
+    feed_task = asyncio.create_task(_feed(shard, batches=40, size=100))
+    proc = _start(shard.command("--metrics-port", str(port), "--batch-size", "50"), log)
+    try:
+        await eventually(lambda: _await_floor(shard, 600), "some batches acked", timeout=30)
+        proc.kill()  # SIGKILL: no chance to rename, sync or ack anything more
+        proc.wait(10)
+        acked_before, _, _ = await shard.consumer_state()
+        parts = shard.parts()
+        assert parts, "the killed archiver left its open files under .part names"
+        assert not list(shard.data.rglob("*.jsonl.gz")), "no final name before rotation"
+        # and a torn write at the end of one of them: half a gzip member
+        member = archive_files.gzip_member(b'{"seq":999999,"id":"torn"}\n' * 50)
+        with open(parts[0], "ab") as handle:
+            handle.write(member[: len(member) // 2])
+        await feed_task
+        total = len(shard.sent)
+        proc = _start(shard.command("--metrics-port", str(port), "--batch-size", "50"), log)
+        await eventually(lambda: _await_floor(shard, total), "all acked after restart", timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        feed_task.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert shard.parts() == []
+    lines = shard.lines()  # every final file decompresses completely: the torn tail is gone
+    ids = Counter(line["id"] for _, line in lines)
+    assert set(ids) == set(shard.sent), "no message missing"
+    by_seq: dict[int, set[str]] = {}
+    for _, line in lines:
+        by_seq.setdefault(line["seq"], set()).add(line["id"])
+    assert all(len(found) == 1 for found in by_seq.values()), "a duplicate is the same message"
+    duplicated = {seq for seq, n in Counter(line["seq"] for _, line in lines).items() if n > 1}
+    assert all(seq > acked_before for seq in duplicated), "only unacked messages come twice"
+    manifest = shard.manifest()
+    assert manifest["lines"] == len(lines)
+    assert manifest["duplicates"] == len(lines) - len(by_seq)
+    assert manifest["seq_ranges"] == [[1, total]] and manifest["gaps"] == []
+    assert sum(e["lines"] for e in manifest["files"]) == len(lines)
+
+
+async def _feed(shard: Shard, batches: int, size: int) -> None:
+    for _ in range(batches):
+        await shard.publish(size)
+        await asyncio.sleep(0.02)
+
+
+# -- bounded memory ------------------------------------------------------------------------------
+
+
+async def test_memory_is_bounded_by_one_fetch_and_one_write(shard: Shard) -> None:
+    await shard.publish(3000)
+    archiver = shard.archiver(batch_size=100, max_open=2)
+    pull, writer = archiver.pull, archiver.writer
+    held: list[int] = []
+    open_files: list[int] = []
+    writes = {"now": 0, "most": 0}
+    real_take, real_request, real_write = pull.take, pull.request, writer.write_batch
+    refused = []
+
+    def take() -> list[Any]:
+        out = real_take()
+        held.append(len(out))
+        return out
+
+    def request(batch: int, max_bytes: int, expires: float) -> bool:
+        assert batch == 100
+        if pull.request_open:
+            refused.append(batch)
+        return real_request(batch, max_bytes, expires)
+
+    def write_batch(*args: Any) -> int:
+        writes["now"] += 1
+        writes["most"] = max(writes["most"], writes["now"])
+        try:
+            return real_write(*args)
+        finally:
+            open_files.append(len(writer.files))
+            writes["now"] -= 1
+
+    pull.take, pull.request = take, request  # type: ignore[method-assign]
+    writer.write_batch = write_batch  # type: ignore[method-assign,assignment]
+    async with running(archiver):
+        await eventually(drained(archiver, 3000), "backlog archived")
+    assert max(held) <= 100 and sum(held) == 3000  # never more than one fetch in hand
+    assert refused == []  # never a second request while one is open
+    assert writes["most"] == 1  # one round written at a time
+    assert max(open_files) <= 2  # open files bounded although there are 3 types
+    assert len(shard.lines()) == 3000
+
+
+# -- reports ----------------------------------------------------------------------------------
+
+
+async def test_redis_reports_with_a_ttl_and_redis_down_changes_nothing_else(
+    shard: Shard, tmp_path: Path
+) -> None:
+    import redis.asyncio as aioredis
+
+    server = start_redis(tmp_path / "redis")
+    client = aioredis.Redis.from_url(server.url)
+    archiver = shard.archiver(redis_url=server.url, report_interval=0.1)
+    try:
+        async with running(archiver):
+            await shard.publish(100)
+            key = redis_keys.archiver_key(shard.env.name, shard.name)
+
+            async def reported() -> bool:
+                values = await client.hgetall(key)
+                return values.get(b"messages") == b"100"
+
+            await eventually(reported, "the archiver's hash in Redis")
+            values = await client.hgetall(key)
+            assert {b"messages", b"bytes", b"files", b"lag"} <= set(values)
+            assert 0 < await client.ttl(key) <= redis_keys.KEY_TTL_SECONDS
+            await client.aclose()
+            server.kill()
+            await shard.publish(150)
+            await eventually(drained(archiver, 250), "archived with Redis down")
+            await eventually(lambda: not archiver.redis_ok, "Redis seen down")
+            assert archiver.port is not None
+            async with aiohttp.ClientSession() as http:
+                assert (await http.get(f"http://127.0.0.1:{archiver.port}/healthz")).status == 200
+    finally:
+        server.stop()
+    assert len(shard.lines()) == 250
+
+
+# -- bad inputs --------------------------------------------------------------------------------
+
+
+def test_bad_inputs_are_clear_errors(nats_url: str, tmp_path: Path) -> None:
+    shard = Shard(nats_url, tmp_path)  # its stream is never created
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ssmd_infra", "run", "archiver", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+
+    common = ["--data-dir", str(shard.data), "--metrics-port", "0"]
+    cases = [
+        ([str(shard.env_file), "nope", "--nats-url", nats_url, *common], "no shard 'nope'"),
+        (
+            [str(shard.env_file), shard.name, "--nats-url", nats_url, "--batch-size", "0", *common],
+            "--batch-size",
+        ),
+        (
+            [
+                str(shard.env_file),
+                shard.name,
+                "--nats-url",
+                f"nats://127.0.0.1:{free_port()}",
+                *common,
+            ],
+            "cannot connect to NATS",
+        ),
+        ([str(shard.env_file), shard.name, "--nats-url", nats_url, *common], "does not exist"),
+    ]
+    for args, expected in cases:
+        result = run(*args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert expected in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
