@@ -5,6 +5,7 @@ archivers) started by `ssmd local up`.
 What must hold:
 - after `ssmd shard apply --target local`, every symbol publishes in its new shard;
 - after `ssmd shard rollback --target local`, every symbol publishes in its old shard again;
+- a roll the streams refuse is reported with how to roll back, and the old layout runs on;
 - nothing any shard stream holds — before, between or after the rolls — is missing from the
   archive or from `ssmd-client` once the pipeline has stopped.
 
@@ -207,12 +208,30 @@ def test_split_while_running_then_roll_back(
         )
         seen = asyncio.run(publishing_shards(nats_server.url, set(before)))
         assert seen == {s: {shard} for s, shard in before.items()}
+
+        # a roll the streams refuse (file → memory storage would need a replacement, which
+        # loses data) fails with what to do, and yesterday's layout keeps running
+        env_file.write_text(
+            env_file.read_text().replace(
+                "    max_age: 24h\n", "    max_age: 24h\n    storage: memory\n", 1
+            )
+        )
+        git(repo, "commit", "-q", "-am", "internal streams in memory")
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(["day", "roll", "kalshi-dev", "--target", "local"])
+        refused = capsys.readouterr().err
+        assert "the day roll failed: the local day roll was refused" in refused
+        assert "deletes their stored messages" in refused
+        assert "to go back: `ssmd shard rollback kalshi-dev --target local`" in refused
+        seen = asyncio.run(publishing_shards(nats_server.url, set(before)))
+        assert seen == {s: {shard} for s, shard in before.items()}
     finally:
         pipeline.send_signal(signal.SIGTERM)
         stdout, stderr = pipeline.communicate(timeout=120)
     assert pipeline.returncode == 0, stderr.decode()[-3000:]
     summary = json.loads(stdout)
-    assert summary["rolls"] == 2
+    assert summary["rolls"] == 2  # the refused one does not count
 
     # nothing any shard stream holds is missing from the archive or from ssmd-client
     files = archived(data_dir)
