@@ -121,6 +121,46 @@ async def role_floor(ws_url: str, seconds: float) -> None:
     print(f"floor {(cpu1 - cpu0) / (n1 - n0) * 1e6:.2f} {n1 - n0}", flush=True)
 
 
+async def role_floor_raw(ws_url: str, seconds: float) -> None:
+    """WebSocket receive alone through the connector's transport (`runtime/kalshi/transport.py`:
+    websockets' sans-I/O protocol on a raw asyncio protocol, every message of a read handed
+    over at once). Measures itself over a steady window and prints it."""
+    import resource
+
+    from websockets.uri import parse_uri
+
+    from runtime.kalshi.transport import open_connection
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    count = 0
+    reads = 0
+
+    def on_messages(messages: list[bytes]) -> None:
+        nonlocal count, reads
+        count += len(messages)
+        reads += 1
+
+    conn = await open_connection(parse_uri(ws_url), on_messages)
+    command = {
+        "id": 1,
+        "cmd": "subscribe",
+        "params": {"channels": ["trade", "ticker"], "market_tickers": MARKETS},
+    }
+    conn.send_text(json.dumps(command).encode())
+    await asyncio.sleep(3.0)
+    cpu0, n0, r0 = cpu(), count, reads
+    await asyncio.sleep(seconds)
+    cpu1, n1, r1 = cpu(), count, reads
+    conn.close()
+    print(
+        f"floor {(cpu1 - cpu0) / (n1 - n0) * 1e6:.2f} {n1 - n0} {(n1 - n0) / max(1, r1 - r0):.2f}",
+        flush=True,
+    )
+
+
 async def role_baseline(ws_url: str, nats_url: str) -> None:
     """The naive pass-through the connector is compared with."""
     import websockets
@@ -206,7 +246,12 @@ async def role_replay(port: int, total: int, endless: bool) -> None:
     )
     go = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_reader(sys.stdin.fileno(), lambda: (sys.stdin.readline(), go.set()))
+
+    def on_stdin() -> None:
+        sys.stdin.readline()
+        go.set()
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
 
     async def blast(ws: ServerConnection) -> None:
         await go.wait()
@@ -411,18 +456,21 @@ async def paced(bench: Bench, which: str, seconds: float) -> dict[str, float]:
     }
 
 
-async def floor(bench: Bench, seconds: float) -> dict[str, float]:
+async def floor(bench: Bench, seconds: float, role: str = "floor") -> dict[str, float]:
     port = free_port()
     sim = bench.role("sim", str(port), "100")
     wait_line(sim, "listening")
-    consumer = bench.role("floor", f"ws://127.0.0.1:{port}/trade-api/ws/v2", str(seconds))
+    consumer = bench.role(role, f"ws://127.0.0.1:{port}/trade-api/ws/v2", str(seconds))
     try:
         assert consumer.stdout is not None
         words = consumer.stdout.readline().decode().split()
     finally:
         bench.stop(consumer)
         bench.stop(sim)
-    return {"us_per_msg": float(words[1]), "messages": int(words[2])}
+    out = {"us_per_msg": float(words[1]), "messages": int(words[2])}
+    if len(words) > 3:
+        out["msgs_per_read"] = float(words[3])
+    return out
 
 
 async def backlogged(bench: Bench, which: str, total: int) -> dict[str, float]:
@@ -583,24 +631,28 @@ async def overload(bench: Bench, seconds: float) -> dict[str, Any]:
 async def main(args: argparse.Namespace) -> None:
     """Baseline and connector alternate, `--repeat` times each: the machine is shared, so the
     ratio of medians of interleaved runs is what is reported."""
+    phases = set(args.phases)
     paced_ratios: list[float] = []
     backlog_ratios: list[float] = []
     runs: dict[str, list[dict[str, float]]] = {}
+    alone: dict[str, float] = {}
+    o: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ssmd-bench-") as tmp:
         bench = Bench(Path(tmp))
         bench.env_file.write_text(env_yaml())
         try:
-            for _ in range(args.repeat):
+            for _ in range(args.repeat if "a" in phases else 0):
                 row = {}
                 for which in ("baseline", "connector"):
                     row[which] = await paced(bench, which, args.paced_seconds)
                     runs.setdefault(f"paced_{which}", []).append(row[which])
                     print(f"(a) paced 10k msg/s   {which:9s}: {fmt(row[which])}", flush=True)
                 paced_ratios.append(row["connector"]["us_per_msg"] / row["baseline"]["us_per_msg"])
-                row["floor"] = await floor(bench, args.paced_seconds)
-                runs.setdefault("paced_floor", []).append(row["floor"])
-                print(f"(a) paced 10k msg/s   ws floor : {fmt(row['floor'])}", flush=True)
-            for _ in range(args.repeat):
+                for name, role in (("floor", "floor"), ("raw floor", "floor-raw")):
+                    row[name] = await floor(bench, args.paced_seconds, role)
+                    runs.setdefault(f"paced_{name}", []).append(row[name])
+                    print(f"(a) paced 10k msg/s   {name:9s}: {fmt(row[name])}", flush=True)
+            for _ in range(args.repeat if "b" in phases else 0):
                 row = {}
                 for which in ("baseline", "connector"):
                     row[which] = await backlogged(bench, which, args.backlog)
@@ -610,10 +662,12 @@ async def main(args: argparse.Namespace) -> None:
                     backlog_ratios.append(
                         row["connector"]["msgs_per_cpu_s"] / row["baseline"]["msgs_per_cpu_s"]
                     )
-            alone = await publisher_alone(bench, args.backlog)
-            print(f"(d) publisher alone: {fmt(alone)}", flush=True)
-            o = await overload(bench, args.seconds)
-            print(f"(c) overload: {fmt(o)}", flush=True)
+            if "d" in phases:
+                alone = await publisher_alone(bench, args.backlog)
+                print(f"(d) publisher alone: {fmt(alone)}", flush=True)
+            if "c" in phases:
+                o = await overload(bench, args.seconds)
+                print(f"(c) overload: {fmt(o)}", flush=True)
         finally:
             bench.close()
 
@@ -621,35 +675,41 @@ async def main(args: argparse.Namespace) -> None:
         return statistics.median(r[field] for r in runs[key])
 
     print()
-    print(
-        f"(a) paced 10k msg/s, CPU per message (median of {args.repeat}): connector "
-        f"{med('paced_connector', 'us_per_msg'):.1f} µs, baseline "
-        f"{med('paced_baseline', 'us_per_msg'):.1f} µs; ratio "
-        f"{statistics.median(paced_ratios):.2f}x (runs: "
-        f"{', '.join(f'{r:.2f}' for r in paced_ratios)}; goal ≤ 0.6x); websockets receive "
-        f"alone: {med('paced_floor', 'us_per_msg'):.1f} µs"
-    )
-    print(
-        f"(b) backlogged {args.backlog:,} msgs, msgs per CPU-second (median of {args.repeat}): "
-        f"connector {med('backlog_connector', 'msgs_per_cpu_s'):,.0f}, baseline "
-        f"{med('backlog_baseline', 'msgs_per_cpu_s'):,.0f}; ratio "
-        f"{statistics.median(backlog_ratios):.2f}x (runs: "
-        f"{', '.join(f'{r:.2f}' for r in backlog_ratios)}; goal ≥ 1.2x); lost: baseline "
-        f"{sum(r['lost'] for r in runs['backlog_baseline'])}, connector "
-        f"{sum(r['lost'] for r in runs['backlog_connector'])}"
-    )
-    print(
-        f"(d) publishing alone, CPU per message: acknowledged (runtime/publisher.py) "
-        f"{alone['acked_us_per_msg']:.2f} µs ({alone['acked_stored']:,} stored); nats-py "
-        f"publish with a header, no ack {alone['nats_py_no_ack_us_per_msg']:.2f} µs"
-    )
-    print(
-        f"(c) overload {o['seconds']:.0f}s, drop_oldest: offered {o['offered_rate']:,.0f} msg/s = "
-        f"{o['overload_factor']:.1f}x what NATS accepted; RSS {o['rss_start_mib']:.0f} → max "
-        f"{o['rss_max_mib']:.0f} MiB (goal < 256); dropped {o['dropped']:,} (counted); "
-        f"alive={o['alive_through_overload']}; published in 3 s after NATS returned: "
-        f"{o['published_after_nats_returned']:,}"
-    )
+    if paced_ratios:
+        print(
+            f"(a) paced 10k msg/s, CPU per message (median of {args.repeat}): connector "
+            f"{med('paced_connector', 'us_per_msg'):.1f} µs, baseline "
+            f"{med('paced_baseline', 'us_per_msg'):.1f} µs; ratio "
+            f"{statistics.median(paced_ratios):.2f}x (runs: "
+            f"{', '.join(f'{r:.2f}' for r in paced_ratios)}; goal ≤ 0.6x); receive alone: "
+            f"websockets asyncio client {med('paced_floor', 'us_per_msg'):.1f} µs, the "
+            f"connector's transport {med('paced_raw floor', 'us_per_msg'):.1f} µs "
+            f"({med('paced_raw floor', 'msgs_per_read'):.1f} messages per socket read)"
+        )
+    if backlog_ratios:
+        print(
+            f"(b) backlogged {args.backlog:,} msgs, msgs per CPU-second (median of "
+            f"{args.repeat}): connector {med('backlog_connector', 'msgs_per_cpu_s'):,.0f}, "
+            f"baseline {med('backlog_baseline', 'msgs_per_cpu_s'):,.0f}; ratio "
+            f"{statistics.median(backlog_ratios):.2f}x (runs: "
+            f"{', '.join(f'{r:.2f}' for r in backlog_ratios)}; goal ≥ 1.2x); lost: baseline "
+            f"{sum(r['lost'] for r in runs['backlog_baseline'])}, connector "
+            f"{sum(r['lost'] for r in runs['backlog_connector'])}"
+        )
+    if alone:
+        print(
+            f"(d) publishing alone, CPU per message: acknowledged (runtime/publisher.py) "
+            f"{alone['acked_us_per_msg']:.2f} µs ({alone['acked_stored']:,} stored); nats-py "
+            f"publish with a header, no ack {alone['nats_py_no_ack_us_per_msg']:.2f} µs"
+        )
+    if o:
+        print(
+            f"(c) overload {o['seconds']:.0f}s, drop_oldest: offered {o['offered_rate']:,.0f} "
+            f"msg/s = {o['overload_factor']:.1f}x what NATS accepted; RSS "
+            f"{o['rss_start_mib']:.0f} → max {o['rss_max_mib']:.0f} MiB (goal < 256); dropped "
+            f"{o['dropped']:,} (counted); alive={o['alive_through_overload']}; published in 3 s "
+            f"after NATS returned: {o['published_after_nats_returned']:,}"
+        )
 
 
 def fmt(values: dict[str, Any]) -> str:
@@ -672,6 +732,9 @@ def cli() -> None:
     parser.add_argument("--backlog", type=int, default=200_000)
     parser.add_argument("--seconds", type=float, default=60.0, help="overload duration")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of (a) and (b)")
+    parser.add_argument(
+        "--phases", default="abdc", help="which phases to run (default: all of a, b, d, c)"
+    )
     args = parser.parse_args()
     if args.role:
         import uvloop
@@ -683,6 +746,8 @@ def cli() -> None:
             uvloop.run(role_replay(int(rest[0]), int(rest[1]), rest[2] == "1"))
         elif role == "floor":
             uvloop.run(role_floor(rest[0], float(rest[1])))
+        elif role == "floor-raw":
+            uvloop.run(role_floor_raw(rest[0], float(rest[1])))
         elif role == "sim":
             uvloop.run(role_sim(int(rest[0]), float(rest[1])))
         return

@@ -6,8 +6,9 @@ at most `capacity` items and applies the shard's drop policy when full:
 
 - `drop_oldest`: evict the oldest item (fresh market data is worth more than stale);
 - `drop_newest`: refuse the incoming item (keep what is already queued, in order);
-- `block`: the producer waits for room. The producer is the WebSocket reader, so waiting
-  stops reading the socket and TCP pushes back on the exchange. Never a crash.
+- `block`: the producer waits for room. The producer is the WebSocket reader: it stops at a
+  full buffer, stops reading the socket (TCP pushes back on the exchange) and goes on once
+  `wait_not_full` returns. Never a crash.
 
 Every dropped item is counted: drops are reported, never hidden.
 """
@@ -55,6 +56,11 @@ class FrameBuffer(Generic[T]):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def full(self) -> bool:
+        """At capacity: under `block` a producer must wait (unless the buffer is closed)."""
+        return len(self._items) >= self._capacity
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -84,10 +90,15 @@ class FrameBuffer(Generic[T]):
     async def put(self, item: T) -> None:
         """Add `item`; under `block` wait for room (back-pressure), otherwise as `offer`."""
         if self._policy == "block":
-            while len(self._items) >= self._capacity and not self._closed:
-                self._not_full.clear()
-                await self._not_full.wait()
+            await self.wait_not_full()
         self.offer(item)
+
+    async def wait_not_full(self) -> None:
+        """Wait until there is room or the buffer is closed (a producer that stopped at a full
+        buffer, like the WebSocket reader under `block`, waits here before offering again)."""
+        while len(self._items) >= self._capacity and not self._closed:
+            self._not_full.clear()
+            await self._not_full.wait()
 
     def take(self, limit: int) -> list[T]:
         """Remove and return up to `limit` items, oldest first, without waiting."""

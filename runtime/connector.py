@@ -1,7 +1,7 @@
 """The connector: one shard's Kalshi WebSocket feed, forwarded into the shard's NATS stream.
 
-    exchange ─ws─▶ KalshiWsClient ─Frame─▶ on_frame ──▶ JetStreamPublisher ─▶ internal.{shard}.…
-                                              └─(window full / NATS away)─▶ FrameBuffer ─┘
+    exchange ─ws─▶ KalshiWsClient ─[Frame]─▶ on_frames ──▶ JetStreamPublisher ─▶ internal.…
+                                                └─(window full / NATS away)─▶ FrameBuffer ─┘
 
 - Symbols: the shard's symbols are resolved at start-up and every
   `secmaster.refresh_interval` (manual symbols, plus Kalshi's open markets when the
@@ -60,6 +60,11 @@ DEFAULT_CHANNELS = ("trade", "ticker")
 _SAFE_TYPE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a message type becomes one subject token
 RATE_WINDOW_SECONDS = 10.0  # ssmd_connector_message_rate and per-symbol rates average over this
 STARTUP_RETRY_SECONDS = 5.0  # secmaster retry after a failed first fetch (not the full interval)
+# The exchange socket and the acks from NATS are read at most once per READ_INTERVAL, on the
+# same clock grid, and each batch is flushed to NATS at once: one wake-up per interval on a
+# busy feed instead of one per socket read (see runtime/kalshi/transport.py). It bounds the
+# latency this adds; the publisher's 1 ms flush timer it replaces had the same order.
+READ_INTERVAL = 0.002
 
 # (subject, raw frame, msg id) — what waits in the buffer
 _Item = tuple[bytes, bytes, bytes]
@@ -112,6 +117,7 @@ class Connector:
         max_inflight: int = 8192,
         ack_timeout: float = 2.0,
         client_options: dict[str, Any] | None = None,
+        read_interval: float = READ_INTERVAL,
     ) -> None:
         self.env = env
         self.shard = shard
@@ -129,7 +135,7 @@ class Connector:
         self._member_ttl = member_ttl
         self._symbol_source = symbol_source
         self._drain_timeout = drain_timeout
-        self._client_options = dict(client_options or {})
+        self._client_options = {"read_interval": read_interval, **(client_options or {})}
         self.buffer: FrameBuffer[_Item] = FrameBuffer(
             buffer_capacity or shard_cfg.buffer.capacity,
             drop_policy or shard_cfg.buffer.drop_policy,
@@ -139,6 +145,7 @@ class Connector:
             name=f"ssmd-connector-{shard}-{self.member}",
             max_inflight=max_inflight,
             ack_timeout=ack_timeout,
+            read_interval=read_interval,
         )
         self._redis: aioredis.Redis | None = redis_client(redis_url) if redis_url else None
         self.membership = Membership(
@@ -177,32 +184,49 @@ class Connector:
 
     # -- the hot path -------------------------------------------------------------------------
 
-    async def on_frame(self, frame: Frame) -> None:
-        """Called by the WebSocket client for every market-data frame, in arrival order."""
-        self.received += 1
-        ticker = frame.ticker
-        subject = self._subjects.get((frame.msg_type, ticker))
-        if subject is None:
-            subject = self._subject(frame.msg_type, ticker)
-            if subject is None:
-                return
-        msg_id = frame.msg_id
-        if "\r" in msg_id or "\n" in msg_id:  # would break the header block: never forward
-            self.rejected += 1
-            return
-        counts = self._symbol_counts
-        if ticker in counts:
-            counts[ticker] += 1
-        elif len(counts) < self._symbol_count_bound:
-            counts[ticker] = 1
+    def on_frames(self, frames: list[Frame]) -> int:
+        """Called by the WebSocket client with the market-data frames of one socket read, in
+        arrival order; returns how many it took. Under `block` it stops at a full buffer (the
+        client then stops reading the socket and offers the rest after `wait_ready`); under
+        the drop policies it takes them all and the buffer's policy decides what is kept."""
         publisher = self.publisher
         buffer = self.buffer
-        if not len(buffer) and publisher.room > 0:
-            publisher.publish(subject, frame.raw, msg_id.encode())
-        elif buffer.policy == "block":
-            await buffer.put((subject, frame.raw, msg_id.encode()))
-        else:
-            buffer.offer((subject, frame.raw, msg_id.encode()))
+        block = buffer.policy == "block"
+        subjects = self._subjects
+        counts = self._symbol_counts
+        publish = publisher.publish
+        room = publisher.room  # counted down here: one property read per batch
+        taken = 0
+        for frame in frames:
+            if block and buffer.full and not buffer.closed:
+                break
+            taken += 1
+            ticker = frame.ticker
+            subject = subjects.get((frame.msg_type, ticker))
+            if subject is None:
+                subject = self._subject(frame.msg_type, ticker)
+                if subject is None:
+                    continue
+            msg_id = frame.msg_id
+            if "\r" in msg_id or "\n" in msg_id:  # would break the header block: never forward
+                self.rejected += 1
+                continue
+            if ticker in counts:
+                counts[ticker] += 1
+            elif len(counts) < self._symbol_count_bound:
+                counts[ticker] = 1
+            if room > 0 and not len(buffer):
+                publish(subject, frame.raw, msg_id.encode())
+                room -= 1
+            else:
+                buffer.offer((subject, frame.raw, msg_id.encode()))
+        self.received += taken
+        publisher.flush()  # one write per batch, in this wake-up: no flush timer
+        return taken
+
+    async def wait_ready(self) -> None:
+        """Until `on_frames` takes frames again (room in the buffer, or the buffer closed)."""
+        await self.buffer.wait_not_full()
 
     def _subject(self, msg_type: str, ticker: str) -> bytes | None:
         """The subject of a (type, ticker) not seen before, or None (counted) when the exchange
@@ -293,7 +317,8 @@ class Connector:
             self._kalshi_ws_url,
             self._signer,
             list(self._channels),
-            self.on_frame,
+            self.on_frames,
+            wait_ready=self.wait_ready,
             **self._client_options,
         )
         if self._metrics_port is not None:

@@ -12,7 +12,12 @@ publisher needs, on its own connection:
 - at most `max_inflight` messages are unacknowledged at once (a bounded window: memory is
   bounded, and a full window is the back-pressure signal the connector's buffer acts on);
 - writes are coalesced and flushed on a short timer (~1 ms) rather than per message —
-  at paced rates per-message socket writes and wake-ups dominate the cost;
+  at paced rates per-message socket writes and wake-ups dominate the cost; a caller that
+  publishes in batches calls `flush()` after each batch instead (no timer, no extra wake-up);
+- with `read_interval` > 0 acknowledgements are read at most once per interval, on a grid of
+  multiples of it on the loop's clock (the connector's WebSocket reader uses the same grid),
+  so a paced stream of acks costs one read per interval rather than one wake-up per ack
+  burst; acks are never urgent, only the window's room waits for them;
 - a message not acknowledged within `ack_timeout`, or refused by the server, is sent again
   with the same `Nats-Msg-Id` (the stream's duplicate window makes a resend harmless) up to
   `max_attempts` times, then given up and counted;
@@ -29,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -108,11 +114,14 @@ _Pending = tuple[bytes, bytes, bytes, int]
 class _Wire(asyncio.Protocol):
     """One TCP connection: parses server operations and hands them to the publisher."""
 
-    def __init__(self, owner: JetStreamPublisher) -> None:
+    def __init__(self, owner: JetStreamPublisher, read_interval: float = 0.0) -> None:
         self._owner = owner
         self._buf = bytearray()
         self.transport: asyncio.Transport | None = None
+        self._read_interval = read_interval
+        self._throttle: asyncio.TimerHandle | None = None
         loop = asyncio.get_running_loop()
+        self._loop = loop
         self.info: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.pong: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
@@ -124,6 +133,9 @@ class _Wire(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._throttle is not None:
+            self._throttle.cancel()
+            self._throttle = None
         if not self.info.done():
             self.info.set_exception(ConnectionError(self.error or "connection closed"))
         if not self.pong.done():
@@ -147,6 +159,16 @@ class _Wire(asyncio.Protocol):
         settle = owner._inflight.pop
         settled = 0
         ack_match = owner._ack_line.match
+        # Fast path: the buffer starts with a run of plain acks (often it is nothing else, but
+        # for a partial one at the end). One C-level split finds them all: the parts alternate
+        # gap, id, gap, id, ..., rest; every gap before the last id must be empty, so the
+        # matches are contiguous from the start and each one begins at an operation boundary.
+        parts = owner._plain_split(buf)
+        if len(parts) > 1 and not any(parts[0:-1:2]):
+            for ident in parts[1::2]:
+                if settle(int(ident), None) is not None:
+                    settled += 1
+            pos = size - len(parts[-1])
         while pos < size:
             found = plain_match(buf, pos)
             if found is not None:  # by far the most common: "stored", nothing else to know
@@ -207,6 +229,25 @@ class _Wire(asyncio.Protocol):
         del buf[:pos]
         if acks or settled:
             owner._on_acks(acks, settled)
+        if self._read_interval > 0 and self._throttle is None:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
+                loop = self._loop
+                self._throttle = loop.call_at(
+                    _next_tick(loop.time(), self._read_interval), self._unthrottle
+                )
+
+    def _unthrottle(self) -> None:
+        self._throttle = None
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+
+def _next_tick(now: float, interval: float) -> float:
+    """The next multiple of `interval` after `now` (the grid paced readers share)."""
+    return (math.floor(now / interval + 1e-6) + 1) * interval
 
 
 class JetStreamPublisher:
@@ -229,6 +270,7 @@ class JetStreamPublisher:
         reconnect_wait: float = 0.25,
         reconnect_wait_max: float = 2.0,
         ping_interval: float = 5.0,
+        read_interval: float = 0.0,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
@@ -243,14 +285,22 @@ class JetStreamPublisher:
         self._reconnect_wait = reconnect_wait
         self._reconnect_wait_max = reconnect_wait_max
         self._ping_interval = ping_interval
+        self._read_interval = read_interval
         self._inbox = f"_INBOX.{os.urandom(8).hex()}"
         self._reply_prefix = (self._inbox + ".").encode()
+        # HPUB {subject} {inbox}.{id} {hdr_len} {total}\r\n{header with Nats-Msg-Id}{payload}
+        self._hpub = (
+            b"HPUB %s "
+            + self._reply_prefix.replace(b"%", b"%%")
+            + b"%d %d %d\r\nNATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n%s\r\n"
+        )
         # the whole of a plain PubAck (`{"stream":…,"seq":…}`), matched in one go
         self._plain_ack = re.compile(
             rb"MSG "
             + re.escape(self._reply_prefix)
             + rb'(\d+) \d+ \d+\r\n\{"stream":"[^"\r\n]*","seq":\d+\}\r\n'
         )
+        self._plain_split = self._plain_ack.split
         # `MSG {inbox}.{id} {sid} {size}`: any other reply to us
         self._ack_line = re.compile(
             rb"MSG " + re.escape(self._reply_prefix) + rb"(\d+) \d+ (\d+)\r\n"
@@ -365,17 +415,8 @@ class JetStreamPublisher:
         if depth >= self._max_inflight:
             self._room.clear()
         if self._wire is not None:
-            hdr = b"NATS/1.0\r\nNats-Msg-Id: " + msg_id + b"\r\n\r\n"
-            hdr_len = len(hdr)
-            data = b"HPUB %s %s%d %d %d\r\n%s%s\r\n" % (
-                subject,
-                self._reply_prefix,
-                ident,
-                hdr_len,
-                hdr_len + len(payload),
-                hdr,
-                payload,
-            )
+            hdr_len = len(msg_id) + 27  # b"NATS/1.0\r\nNats-Msg-Id: " + msg_id + b"\r\n\r\n"
+            data = self._hpub % (subject, ident, hdr_len, hdr_len + len(payload), msg_id, payload)
             self._out.append(data)
             self._out_bytes += len(data)
             if self._out_bytes >= self._flush_bytes:
@@ -385,12 +426,8 @@ class JetStreamPublisher:
 
     def _send(self, ident: int, pending: _Pending) -> None:
         subject, payload, msg_id, _attempts = pending
-        hdr = b"NATS/1.0\r\nNats-Msg-Id: " + msg_id + b"\r\n\r\n"
-        hdr_len = len(hdr)
-        self._write(
-            b"HPUB %s %s%d %d %d\r\n%s%s\r\n"
-            % (subject, self._reply_prefix, ident, hdr_len, hdr_len + len(payload), hdr, payload)
-        )
+        hdr_len = len(msg_id) + 27
+        self._write(self._hpub % (subject, ident, hdr_len, hdr_len + len(payload), msg_id, payload))
 
     def _write(self, data: bytes) -> None:
         self._out.append(data)
@@ -399,6 +436,10 @@ class JetStreamPublisher:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self._loop.call_later(self._flush_interval, self._flush)
+
+    def flush(self) -> None:
+        """Write everything queued now (a caller that publishes in batches ends each with this)."""
+        self._flush()
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
@@ -557,7 +598,7 @@ class JetStreamPublisher:
     async def _open(self, server: ServerAddress) -> _Wire:
         loop = asyncio.get_running_loop()
         _transport, wire = await loop.create_connection(
-            lambda: _Wire(self), server.host, server.port
+            lambda: _Wire(self, self._read_interval), server.host, server.port
         )
         try:
             info = await wire.info

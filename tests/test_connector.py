@@ -623,10 +623,10 @@ async def test_frames_that_cannot_be_published_safely_are_rejected_and_counted(
     connector = Connector(
         env, "arej", nats_url=nats_url, kalshi_ws_url="ws://127.0.0.1:1", metrics_port=None
     )
-    await connector.on_frame(Frame(b"{}", "trade.x", "BTCUSD", "t-1"))  # type with a dot
-    await connector.on_frame(Frame(b"{}", "trade", "BTC\r\nUSD", "t-2"))  # control characters
-    await connector.on_frame(Frame(b"{}", "trade", "BTCUSD", "t-3\r\nX: y"))  # header injection
-    await connector.on_frame(Frame(b"{}", "trade", "KXHIGHNY-24DEC05-B43.5", "t-4"))
+    connector.on_frames([Frame(b"{}", "trade.x", "BTCUSD", "t-1")])  # type with a dot
+    connector.on_frames([Frame(b"{}", "trade", "BTC\r\nUSD", "t-2")])  # control characters
+    connector.on_frames([Frame(b"{}", "trade", "BTCUSD", "t-3\r\nX: y")])  # header injection
+    connector.on_frames([Frame(b"{}", "trade", "KXHIGHNY-24DEC05-B43.5", "t-4")])
     assert connector.rejected == 3
     assert connector.publisher.stats.submitted == 1
     assert connector.received == 4
