@@ -101,6 +101,7 @@ class RoundTrip:
         self._yaml.preserve_quotes = True
         self._yaml.width = 1 << 16  # never fold long lines
         mapping, sequence, offset = _guess_indent(self.original)
+        self.indent = mapping  # columns per nesting level of block mappings
         self._yaml.indent(mapping=mapping, sequence=sequence, offset=offset)
         self._yaml.explicit_start = self.original.lstrip().startswith("---")
         try:
@@ -365,10 +366,6 @@ def _finish(loaded: _Loaded, rt: RoundTrip, summary: str, write: bool) -> EditRe
     return EditResult(loaded.path, text, loaded.layout, report.layout, summary, write)
 
 
-def _indent_of(rt: RoundTrip) -> int:
-    return _guess_indent(rt.original)[0]
-
-
 # -- edits --------------------------------------------------------------------------------------
 
 
@@ -423,23 +420,36 @@ def move_symbol(
     natural = by_selector[0] if len(by_selector) == 1 else None
     if natural is None and len(by_selector) > 1:
         natural = _winner_of(env, by_selector)
-    pins = rt.doc.get("assignments")
     if natural == target and symbol in env.assignments:
-        remove_entry(rt.doc, "assignments", symbol)
+        unpin(rt, symbol)
         summary = f"removed the pin of {symbol}: its selector puts it in {target} (was {source})"
     else:
-        if not isinstance(pins, CommentedMap):
-            append_entry(rt.doc, "assignments", CommentedMap({symbol: target}), 0)
-        elif symbol in pins:
-            pins[symbol] = target
-        else:
-            if not pins:
-                pins.fa.set_block_style()
-                pins[symbol] = target
-            else:
-                append_entry(pins, symbol, target, _indent_of(rt))
+        pin(rt, symbol, target)
         summary = f"pinned {symbol} to {target} (was {source})"
     return _finish(loaded, rt, summary, write)
+
+
+def pin(rt: RoundTrip, symbol: str, shard: str) -> None:
+    """Set `assignments[symbol] = shard` in the round-trip tree (adding `assignments`)."""
+    pins = rt.doc.get("assignments")
+    if not isinstance(pins, CommentedMap):
+        if "assignments" in rt.doc:  # `assignments:` with no value
+            del rt.doc["assignments"]
+        append_entry(rt.doc, "assignments", CommentedMap({symbol: shard}), 0)
+    elif symbol in pins:
+        pins[symbol] = shard
+    elif not pins:
+        pins.fa.set_block_style()
+        pins[symbol] = shard
+    else:
+        append_entry(pins, symbol, shard, rt.indent)
+
+
+def unpin(rt: RoundTrip, symbol: str) -> None:
+    """Remove the pin of `symbol`, if any (comments around it are kept)."""
+    pins = rt.doc.get("assignments")
+    if isinstance(pins, CommentedMap) and symbol in pins:
+        remove_entry(rt.doc, "assignments", symbol)
 
 
 def _selector_shards(env: Environment, symbol: str, attrs: Mapping[str, str]) -> list[str]:
@@ -505,7 +515,7 @@ def create_shard(
         res["cpu"] = DoubleQuotedScalarString(cpu or DEFAULT_RESOURCES.requests.cpu)
         res["memory"] = DoubleQuotedScalarString(memory or DEFAULT_RESOURCES.requests.memory)
         body["resources"] = res
-    append_entry(shards, name, body, _indent_of(rt))
+    append_entry(shards, name, body, rt.indent)
     return _finish(loaded, rt, f"created shard {name}", write)
 
 
@@ -525,6 +535,8 @@ __all__ = [
     "check_result",
     "create_shard",
     "move_symbol",
+    "pin",
     "remove_entry",
+    "unpin",
     "write_atomically",
 ]

@@ -253,7 +253,7 @@ class Environment(_Strict):
 
 # The environment's name prefixes Redis keys (`{env}:shard:...`), names the local state
 # file and labels Kubernetes objects (label values: at most 63 characters).
-ENV_NAME = re.compile(r"^[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?$")
+ENV_NAME = re.compile(r"^[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?\Z")
 
 
 def _document_problems(data: dict[str, Any], source: SourceMap) -> list[Problem]:

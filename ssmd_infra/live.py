@@ -55,7 +55,7 @@ def check_redis_url(url: str) -> None:
     scheme = urlparse(url).scheme
     if scheme not in ("redis", "rediss", "unix"):
         raise SsmdError(
-            f"bad Redis URL {url!r}: expected redis://HOST:PORT[/DB] (or rediss://, unix://)"
+            f"bad Redis URL {url!r}: expected redis://HOST:PORT/DB (or rediss://, unix://)"
         )
 
 

@@ -262,7 +262,10 @@ def validate_document(
     layout, problems = resolve_with_problems(
         env, universe, complete_universe=knows_every_symbol(env, secmaster)
     )
-    return Validation(file, env, layout, problems, environment_warnings(env, layout))
+    # an empty shard is worth a warning only when nothing else is wrong: an overlap
+    # empties the shards it involves
+    warnings = [] if problems else environment_warnings(env, layout)
+    return Validation(file, env, layout, problems, warnings)
 
 
 def environment_warnings(env: Environment, layout: Layout) -> list[Problem]:

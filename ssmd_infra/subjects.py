@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import re
 
-_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
-_ENCODED = re.compile(r"^(?:[A-Za-z0-9_-]|%[0-9A-F]{2})+$")
+_SAFE = re.compile(r"^[A-Za-z0-9_-]+\Z")
+_ENCODED = re.compile(r"^(?:[A-Za-z0-9_-]|%[0-9A-F]{2})+\Z")
 _SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 # Shard names become Kubernetes object names (`ssmd-connector-{shard}`) and stream names.
-SHARD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
-TOKEN_NAME = re.compile(r"^[a-z0-9]([-_a-z0-9]{0,38}[a-z0-9])?$")
+SHARD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?\Z")
+TOKEN_NAME = re.compile(r"^[a-z0-9]([-_a-z0-9]{0,38}[a-z0-9])?\Z")
 
 INTERNAL_PREFIX = "internal"
 CLIENT_PREFIX = "md"
