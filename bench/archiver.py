@@ -11,7 +11,9 @@ durable consumer and its own empty data directory:
   for each message one line (`seq`, msg id, subject, raw frame) written with
   `gzip.open(..., compresslevel=6).write`, then `msg.ack()`; no fsync (which only flatters
   it);
-- archiver: `ssmd run archiver` exactly as deployed (fsync before ack, ack-all per batch).
+- archiver: `ssmd run archiver` exactly as deployed (fsync before ack, ack-all per batch);
+- floor (for reference): the naive loop's fetch and per-message ack alone, writing nothing
+  (DESIGN.md's "fetch(1000) + ack per message ≈ 35k msgs/s").
 
 Both are timed from outside the same way: a poller reads the consumer's state every 50 ms;
 the run starts at the first delivery and ends when the ack floor reaches N. CPU seconds of
@@ -126,7 +128,7 @@ async def prefill(nats_url: str, count: int) -> float:
 # -- the naive loop, run as its own process ----------------------------------------------------
 
 
-async def role_baseline(nats_url: str, out_dir: str) -> None:
+async def role_baseline(nats_url: str, out_dir: str, write: bool = True) -> None:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     sub = await js.pull_subscribe_bind(BASELINE_CONSUMER, STREAM)
@@ -136,6 +138,10 @@ async def role_baseline(nats_url: str, out_dir: str) -> None:
             try:
                 msgs = await sub.fetch(1000, timeout=2.0)
             except nats.errors.TimeoutError:
+                continue
+            if not write:
+                for msg in msgs:
+                    await msg.ack()
                 continue
             for msg in msgs:
                 meta = msg.metadata
@@ -228,13 +234,15 @@ def stop(proc: subprocess.Popen[bytes]) -> int | None:
     return proc.returncode
 
 
-async def run_baseline(nats_url: str, work: Path, count: int) -> dict[str, Any]:
+async def run_baseline(
+    nats_url: str, work: Path, count: int, role: str = "baseline"
+) -> dict[str, Any]:
     await add_baseline_consumer(nats_url)
     out = work / "naive"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--role", "baseline", "--nats-url", nats_url, "--out", str(out)]
+        [sys.executable, __file__, "--role", role, "--nats-url", nats_url, "--out", str(out)]
     )
     try:
         return await measure(nats_url, BASELINE_CONSUMER, proc, count)
@@ -314,6 +322,14 @@ async def main(args: argparse.Namespace) -> None:
             )
             ratios.append(arch["rate"] / base["rate"])
             print(f"[{i + 1}] ratio: {ratios[-1]:.2f}x", flush=True)
+            if args.floor:
+                floor = await run_baseline(server.url, work, args.messages, "floor")
+                print(
+                    f"[{i + 1}] floor (fetch + ack each, no writing): {floor['rate']:,.0f} msg/s "
+                    f"({floor['per_cpu_second']:,.0f} msgs/CPU-s); archiver "
+                    f"{arch['rate'] / floor['rate']:.2f}x",
+                    flush=True,
+                )
         print(
             f"median ratio {statistics.median(ratios):.2f}x over {len(ratios)} run(s) "
             f"({', '.join(f'{r:.2f}' for r in ratios)})"
@@ -328,11 +344,14 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--role", choices=["baseline"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-floor", dest="floor", action="store_false", help="skip the no-write reference"
+    )
+    parser.add_argument("--role", choices=["baseline", "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--nats-url", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
-    if parsed.role == "baseline":
-        asyncio.run(role_baseline(parsed.nats_url, parsed.out))
+    if parsed.role is not None:
+        asyncio.run(role_baseline(parsed.nats_url, parsed.out, write=parsed.role == "baseline"))
     else:
         asyncio.run(main(parsed))

@@ -81,7 +81,7 @@ from runtime.procstats import ProcStats
 from ssmd_infra import redis_keys
 from ssmd_infra.environment import Environment
 from ssmd_infra.errors import ConfigError, SsmdError
-from ssmd_infra.subjects import INTERNAL_PREFIX, TOKEN_NAME, decode_symbol, internal_stream
+from ssmd_infra.subjects import INTERNAL_PREFIX, decode_symbol, internal_stream
 
 log = logging.getLogger("ssmd.archiver")
 
@@ -110,6 +110,7 @@ class Batch:
     count: int
     ack_reply: bytes | None
     ack_seq: int
+    min_seq: int
 
 
 def consumer_name(shard: str) -> str:
@@ -425,9 +426,9 @@ class Archiver:
             stopping = self._stopping.is_set()
             if self._writing is not None and self._writing.done():
                 await self._finish_write()
-            if now >= next_rotation:
-                await self._finish_write()
-                await asyncio.to_thread(self.writer.rotate)
+            if now >= next_rotation:  # rotations also follow every write (`_write_round`)
+                if self._writing is None:
+                    await asyncio.to_thread(self.writer.rotate)
                 next_rotation = now + min(1.0, self.writer.rotation / 4)
             if pull.connected and pull.generation != self._generation:
                 self._generation = pull.generation
@@ -454,7 +455,8 @@ class Archiver:
                 if due and not (stopping and request_open):  # stopping: let the request end
                     deadline = None
                     prepared = self._prepare(pull.take())
-                    await self._finish_write()  # the previous round: written, synced, acked
+                    # the previous round: written, synced, acked
+                    await self._finish_write(prepared.min_seq if prepared else None)
                     if prepared is not None:
                         self._start_write(prepared)
                     continue
@@ -472,15 +474,20 @@ class Archiver:
             await pull.wait_changed(max(wait, 0.001))
 
     def _start_write(self, batch: Batch) -> None:
-        future = asyncio.ensure_future(
-            asyncio.to_thread(self.writer.write_batch, batch.groups, batch.runs)
-        )
+        future = asyncio.ensure_future(asyncio.to_thread(self._write_round, batch))
         future.add_done_callback(lambda _f: self.pull.wake())
         self._writing = future
         self._written = batch
 
-    async def _finish_write(self) -> None:
-        """Wait for the round being written; then count it and acknowledge it."""
+    def _write_round(self, batch: Batch) -> int:
+        """In the worker thread: write and sync the round, then rotate what is due."""
+        written = self.writer.write_batch(batch.groups, batch.runs)
+        self.writer.rotate()
+        return written
+
+    async def _finish_write(self, unwritten_min: int | None = None) -> None:
+        """Wait for the round being written; then count it and acknowledge it.
+        `unwritten_min`: the lowest sequence of a prepared round not yet written."""
         future, batch = self._writing, self._written
         if future is None or batch is None:
             return
@@ -498,6 +505,8 @@ class Archiver:
             return
         # a message in hand, not yet written, at or below the ack would be acked unwritten
         # (only a redelivery can be): leave the ack to the next round, which covers it
+        if unwritten_min is not None and unwritten_min <= batch.ack_seq:
+            return
         for _subject, reply, _hdr, _payload in self.pull.received:
             if _ack_fields(reply)[0] <= batch.ack_seq:
                 return
@@ -599,7 +608,8 @@ class Archiver:
                 file_groups[(feed, day, msg_type)] = group
                 if (feed, day) not in day_seqs:
                     day_seqs[(feed, day)] = runs[day]
-        return Batch(file_groups, day_seqs, len(deliveries), best_reply, best_seq)
+        min_seq = min(g.seq_min for g in file_groups.values())
+        return Batch(file_groups, day_seqs, len(deliveries), best_reply, best_seq, min_seq)
 
     def _day_of(self, ts_ns: int) -> tuple[str, bytes, bytes]:
         """(UTC date, first and past-the-end ns of that day as 19-digit bytes)."""
@@ -630,39 +640,39 @@ class Archiver:
         return b',"frame":' + payload
 
     def _subject(self, subject: bytes) -> _SubjectInfo:
-        """Where a subject not seen before goes, and its part of the line."""
-        if len(self._subjects) >= 65_536:
-            self._subjects.clear()  # bounded: types × the shard's symbols, plus strays
+        """Where a subject not seen before goes, and its part of the line. A subject that is
+        not `internal.{shard}.{feed}.{type}.{symbol}` of this shard and feed goes to type
+        `_invalid` (counted per message: such subjects are not cached)."""
         parts = subject.split(b".")
-        info: _SubjectInfo | None = None
         if (
             len(parts) == 5
             and parts[0] == INTERNAL_PREFIX.encode()
             and parts[1] == self.shard.encode()
+            and parts[2] == self.env.feed.encode()
             and _SAFE_TYPE.match(parts[3])
         ):
-            feed = parts[2].decode("ascii", "replace")
-            msg_type = parts[3].decode()
             try:
                 symbol = decode_symbol(parts[4].decode("ascii"))
             except (ValueError, UnicodeDecodeError):
-                symbol = None
-            if symbol is not None and TOKEN_NAME.match(feed):
+                pass
+            else:
+                msg_type = parts[3].decode()
                 tail = b',"type":%b,"symbol":%b' % (
                     json.dumps(msg_type).encode(),
                     json.dumps(symbol, ensure_ascii=False).encode(),
                 )
-                info = _SubjectInfo(f"{feed}/{msg_type}", tail)
-        if info is None:
-            self.stats.invalid += 1
+                info = _SubjectInfo(f"{self.env.feed}/{msg_type}", tail)
+                if len(self._subjects) >= 65_536:
+                    self._subjects.clear()  # bounded: types × the shard's symbols
+                self._subjects[subject] = info
+                return info
+        self.stats.invalid += 1
+        if self.stats.invalid <= 10:
             log.warning("archiving a message with an unexpected subject %r", subject[:200])
-            text = json.dumps(subject.decode("utf-8", "replace"), ensure_ascii=False).encode()
-            info = _SubjectInfo(
-                f"{self.env.feed}/{INVALID_TYPE}",
-                b',"type":null,"symbol":null,"subject":%b' % text,
-            )
-        self._subjects[subject] = info
-        return info
+        text = json.dumps(subject.decode("utf-8", "replace"), ensure_ascii=False).encode()
+        return _SubjectInfo(
+            f"{self.env.feed}/{INVALID_TYPE}", b',"type":null,"symbol":null,"subject":%b' % text
+        )
 
     # -- reports ------------------------------------------------------------------------------
 

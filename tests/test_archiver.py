@@ -375,6 +375,39 @@ async def test_deliveries_to_a_dead_process_are_archived_not_acked_away(shard: S
     assert set(seqs.values()) == {1}
 
 
+async def test_a_disk_slower_than_ack_wait_means_duplicates_never_loss(
+    shard: Shard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream redelivers what stays unacknowledged past `ack_wait`: written twice, each
+    copy with its sequence and msg id, counted as duplicates; nothing acked unwritten."""
+    await shard.publish(400)
+    stalled = threading.Event()
+    real_fsync = os.fsync
+
+    def first_fsync_stalls(fd: int) -> None:
+        if not stalled.is_set():
+            stalled.set()
+            time.sleep(1.5)  # three times ack_wait: the rounds in hand time out meanwhile
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", first_fsync_stalls)
+    archiver = shard.archiver(ack_wait=0.5, batch_size=100)
+    async with running(archiver):
+        await eventually(lambda: _await_floor(shard, 400), "everything acked", timeout=30)
+        await eventually(drained(archiver, 400), "archived")
+    assert archiver.stats.redelivered > 0
+    lines = shard.lines()
+    seqs = Counter(line["seq"] for _, line in lines)
+    assert sorted(seqs) == list(range(1, 401)), "no message missing"
+    ids_of: dict[int, set[str]] = {}
+    for _, line in lines:
+        ids_of.setdefault(line["seq"], set()).add(line["id"])
+    assert all(len(ids) == 1 for ids in ids_of.values())
+    manifest = shard.manifest()
+    assert manifest["duplicates"] == len(lines) - 400 == sum(n - 1 for n in seqs.values())
+    assert manifest["seq_ranges"] == [[1, 400]]
+
+
 def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as handle:
         return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
