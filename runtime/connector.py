@@ -188,14 +188,17 @@ class Connector:
         """Called by the WebSocket client with the market-data frames of one socket read, in
         arrival order; returns how many it took. Under `block` it stops at a full buffer (the
         client then stops reading the socket and offers the rest after `wait_ready`); under
-        the drop policies it takes them all and the buffer's policy decides what is kept."""
+        the drop policies it takes them all and the buffer's policy decides what is kept.
+        While the publisher's window has room and nothing is buffered, frames go straight to
+        the publisher, as one batch and one socket write; the rest go to the buffer, in order
+        (the drain task runs only after this returns, so the batch goes out first)."""
         publisher = self.publisher
         buffer = self.buffer
         block = buffer.policy == "block"
         subjects = self._subjects
         counts = self._symbol_counts
-        publish = publisher.publish
-        room = publisher.room  # counted down here: one property read per batch
+        room = publisher.room if not len(buffer) else 0
+        direct: list[tuple[bytes, bytes, bytes]] = []
         taken = 0
         for frame in frames:
             if block and buffer.full and not buffer.closed:
@@ -215,12 +218,14 @@ class Connector:
                 counts[ticker] += 1
             elif len(counts) < self._symbol_count_bound:
                 counts[ticker] = 1
-            if room > 0 and not len(buffer):
-                publish(subject, frame.raw, msg_id.encode())
+            if room > 0:
+                direct.append((subject, frame.raw, msg_id.encode()))
                 room -= 1
             else:
                 buffer.offer((subject, frame.raw, msg_id.encode()))
         self.received += taken
+        if direct:
+            publisher.publish_many(direct)
         publisher.flush()  # one write per batch, in this wake-up: no flush timer
         return taken
 
