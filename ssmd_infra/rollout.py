@@ -274,7 +274,7 @@ class PulumiStack:
         """
         env_vars = {"SSMD_ENV_DIR": str(env_dir)} if env_dir is not None else None
         result = self._select(env_vars).preview(diff=True, on_output=self.out)
-        return {str(k): int(v) for k, v in (result.change_summary or {}).items()}
+        return op_counts(result.change_summary)
 
     def up(self, message: str) -> dict[str, Any]:
         """`pulumi up --refresh --message ...`: read live streams first, then converge."""
@@ -283,7 +283,7 @@ class PulumiStack:
         return {
             "result": getattr(summary, "result", None),
             "version": getattr(summary, "version", None),
-            "resource_changes": dict(getattr(summary, "resource_changes", None) or {}),
+            "resource_changes": op_counts(getattr(summary, "resource_changes", None)),
             "message": message,
         }
 
@@ -299,10 +299,15 @@ class PulumiStack:
                     "started": str(update.start_time),
                     "message": update.message,
                     "env_commit": commit_of_message(update.message),
-                    "resource_changes": dict(update.resource_changes or {}),
+                    "resource_changes": op_counts(update.resource_changes),
                 }
             )
         return rows
+
+
+def op_counts(changes: Any) -> dict[str, int]:
+    """`{"create": 7, "same": 20}` from an Automation API OpMap (keys may be `OpType`s)."""
+    return {str(getattr(k, "value", k)): int(v) for k, v in dict(changes or {}).items()}
 
 
 def admin_nats_url(project: Path, stack: str) -> str | None:

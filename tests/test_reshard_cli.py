@@ -142,7 +142,9 @@ class Recorder:
         self.calls.append(("preview", kwargs))
         env_dir = self.selected[-1]["opts"].env_vars["SSMD_ENV_DIR"]
         self.seen.append((Path(env_dir) / "kalshi-dev.yaml").read_text())
-        return SimpleNamespace(change_summary={"create": 7, "update": 1, "same": 20})
+        from pulumi.automation import OpType
+
+        return SimpleNamespace(change_summary={OpType.CREATE: 7, OpType.UPDATE: 1, OpType.SAME: 20})
 
     def up(self, **kwargs: Any) -> Any:
         self.calls.append(("up", kwargs))
