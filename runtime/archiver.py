@@ -2,7 +2,7 @@
 
     ssmd-internal-{shard} ──pull (batch_size)──▶ lines ──gzip member per file──▶ write + fsync
                  ▲                                                                   │
-                 └──────────────── ack (ack-all: the batch's newest message) ◀───────┘
+                 └──────────────── ack (ack-all: the round's newest message) ◀───────┘
 
 Archive lines (one JSON object per line, keys in this order; `seq` always first)::
 
@@ -25,8 +25,9 @@ Files, rotation, manifest and crash recovery: `runtime/archive_files.py`.
 
 Delivery and acknowledgement (at least once: nothing acknowledged is ever lost):
 
-- A durable pull consumer `archiver-{shard}` with `AckPolicy.ALL`: one ack per batch, for
-  the batch's newest message, after every line of the batch is written and `fsync`ed.
+- A durable pull consumer `archiver-{shard}` with `AckPolicy.ALL`: one ack per round, for
+  the round's newest message, once every line of the round is written and `fsync`ed (an ack
+  that would also cover a message in hand but not yet written waits for the next round).
 - Ack-all has a trap: it also acknowledges messages delivered to someone else — a previous
   archiver process killed with a batch in flight, or deliveries lost with a dropped
   connection — that were never written. So the archiver keeps an invariant: it acks only
@@ -37,9 +38,13 @@ Delivery and acknowledgement (at least once: nothing acknowledged is ever lost):
   starting just after the ack floor, so every unacknowledged message is delivered again at
   once (never acked unwritten; possibly written twice). Exactly one archiver per shard runs
   (the Kubernetes workload is a one-replica StatefulSet); two would break each other's acks.
-- Memory: one pull request at a time, for at most `batch_size` messages and `max_bytes`
-  bytes; the writer's open files are bounded by the types seen (at most `max_open`), and
-  every cache is bounded.
+  A crash between the delete and the create loses only the consumer's position: the next
+  start creates it from the stream's beginning (duplicates, not loss).
+- Pipelined: while one round is compressed, written and synced in a worker thread (zlib and
+  fsync release the GIL), the next is fetched and turned into lines. Memory is bounded
+  whatever the backlog: one pull request at a time (at most `batch_size` messages and
+  `max_bytes` bytes), one round being written, so at most two rounds in hand; the writer's
+  open files are bounded by the types seen (at most `max_open`); every cache is bounded.
 - SIGTERM: stop asking for more, finish the batch in hand, write, fsync, ack, rename every
   open file to its final name, write the manifests, exit 0.
 
@@ -282,6 +287,8 @@ class Archiver:
                 await _cancel(consume)
         for task in self._tasks:
             await _cancel(task)
+        if self._writing is not None:  # never two threads on the writer
+            await asyncio.wait([self._writing])
         if self._failed is None:
             closed = await asyncio.to_thread(self.writer.close)
             log.info("closed %d file(s); manifests written", closed)

@@ -72,18 +72,24 @@ class _Wire(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.info: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self.pong: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.error: str | None = None
         self.outstanding_pings = 0
+        self.pings = 0  # PINGs written; the server answers them in order
+        self.pongs = 0  # PONGs received
+        self.pong_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for future in (self.info, self.pong):
+        error = ConnectionError(self.error or "connection closed")
+        if not self.info.done():
+            self.info.set_exception(error)
+        for _, future in self.pong_waiters:
             if not future.done():
-                future.set_exception(ConnectionError(self.error or "connection closed"))
+                future.set_exception(error)
+        self.pong_waiters.clear()
         if not self.closed.done():
             self.closed.set_result(None)
         self._owner._connection_lost(self)
@@ -91,6 +97,19 @@ class _Wire(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def ping(self) -> asyncio.Future[None]:
+        """Send a PING; the future resolves on its own PONG (not an earlier one's)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pings += 1
+        self.pong_waiters.append((self.pings, future))
+        self.write(_PING)
+        return future
+
+    def keepalive(self) -> None:
+        """A PING nobody waits for (the ping loop counts unanswered ones)."""
+        self.pings += 1
+        self.write(_PING)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf + data if self._buf else data  # bytes: slices of it are bytes
@@ -143,8 +162,11 @@ class _Wire(asyncio.Protocol):
                 self.write(_PONG)
             elif line == b"PONG":
                 self.outstanding_pings = 0
-                if not self.pong.done():
-                    self.pong.set_result(None)
+                self.pongs += 1
+                while self.pong_waiters and self.pong_waiters[0][0] <= self.pongs:
+                    _, future = self.pong_waiters.pop(0)
+                    if not future.done():
+                        future.set_result(None)
             elif line.startswith(b"INFO "):
                 if not self.info.done():
                     try:
@@ -272,11 +294,8 @@ class PullClient:
         wire = self._wire
         if wire is None:
             return False
-        if wire.pong.done():
-            wire.pong = asyncio.get_running_loop().create_future()
-        wire.write(_PING)
         try:
-            await asyncio.wait_for(asyncio.shield(wire.pong), timeout)
+            await asyncio.wait_for(wire.ping(), timeout)
         except (TimeoutError, ConnectionError):
             return False
         return True
@@ -358,7 +377,7 @@ class PullClient:
                     wire.transport.abort()
                 continue
             wire.outstanding_pings += 1
-            wire.write(_PING)
+            wire.keepalive()
 
     async def _connect_loop(self) -> None:
         wait = self._reconnect_wait
@@ -420,9 +439,8 @@ class PullClient:
                 + b"SUB "
                 + self._inbox.encode()
                 + b".* 1\r\n"
-                + _PING
             )
-            await wire.pong
+            await wire.ping()
         except BaseException:
             if wire.transport is not None:
                 wire.transport.abort()

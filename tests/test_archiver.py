@@ -32,7 +32,7 @@ from runtime.publisher import JetStreamPublisher
 from ssmd_infra import redis_keys
 from ssmd_infra.environment import Environment, parse_environment
 from ssmd_infra.natsstreams import reconcile_streams
-from ssmd_infra.servers import free_port, start_redis
+from ssmd_infra.servers import free_port, start_nats, start_redis
 from ssmd_infra.streams import internal_stream_spec
 from ssmd_infra.subjects import encode_symbol, internal_stream, internal_subject
 
@@ -463,6 +463,24 @@ async def _feed(shard: Shard, batches: int, size: int) -> None:
     for _ in range(batches):
         await shard.publish(size)
         await asyncio.sleep(0.02)
+
+
+async def test_a_nats_restart_is_an_outage_not_an_exit(tmp_path: Path) -> None:
+    server = start_nats(tmp_path / "nats")
+    try:
+        shard = await Shard(server.url, tmp_path).create()
+        archiver = shard.archiver(batch_size=50)
+        async with running(archiver) as task:
+            await shard.publish(200)
+            await eventually(drained(archiver, 200), "archived before the restart")
+            server.restart()
+            await shard.publish(200)
+            await eventually(drained(archiver, 400), "archived after the restart", timeout=30)
+            assert not task.done()
+            assert archiver.pull.stats.reconnects >= 1
+    finally:
+        server.stop()
+    assert sorted(line["seq"] for _, line in shard.lines()) == list(range(1, 401))
 
 
 # -- bounded memory ------------------------------------------------------------------------------
