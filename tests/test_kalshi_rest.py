@@ -241,16 +241,19 @@ async def test_signed_requests_pass_the_simulators_check_and_a_wrong_key_is_refu
 # -- bounds -----------------------------------------------------------------------------------
 
 
-async def test_the_event_cache_is_bounded_and_a_small_one_costs_lookups_not_memory(
+async def test_the_event_cache_is_bounded_and_a_small_one_costs_lookups_not_attributes(
     sim: KalshiSimulator,
 ) -> None:
     expected = populate(sim)
-    rest = source(sim, cache_size=4)
-    assert dict(await rest.fetch()) != expected  # events evicted before use lose attributes
-    assert len(rest.events) == 4
+    small = source(sim, cache_size=4)
+    assert dict(await small.fetch()) == expected
+    assert len(small.events) == 4
+    assert dict(await small.fetch()) == expected
+    assert small.stats.event_lookups == 2 * 30 - 4  # the 4 still cached were not asked again
     roomy = source(sim, cache_size=64)
-    assert dict(await roomy.fetch()) == expected
-    assert len(roomy.events) == 30
+    await roomy.fetch()
+    await roomy.fetch()
+    assert len(roomy.events) == 30 and roomy.stats.event_lookups == 30
 
 
 def test_lru_cache_evicts_the_least_recently_used() -> None:

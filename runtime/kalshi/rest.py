@@ -247,11 +247,25 @@ class KalshiRestSource:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             markets = await self._list_markets(http)
-            events = {m["event_ticker"] for m in markets.values() if m.get("event_ticker")}
-            await self._lookup_events(http, sorted(e for e in events if e not in self.events))
+            # this listing's events: from the cache, else looked up. Kept here for the
+            # listing (bounded by it) so a cache smaller than the listing costs lookups on
+            # the next refresh, never attributes on this one.
+            known: dict[str, _Event] = {}
+            missing: list[str] = []
+            for event_ticker in sorted(
+                {str(m.get("event_ticker") or "") for m in markets.values()}
+            ):
+                if not event_ticker:
+                    continue
+                hit = self.events.get(event_ticker)
+                if hit is None:
+                    missing.append(event_ticker)
+                else:
+                    known[event_ticker] = hit
+            await self._lookup_events(http, missing, known)
         out: list[tuple[str, dict[str, object]]] = []
         for ticker, market in markets.items():
-            out.append((ticker, self._attributes(market)))
+            out.append((ticker, self._attributes(market, known)))
         self.stats.listings += 1
         log.info(
             "kalshi secmaster: %d %s markets (%d requests so far, %d retries, %d events cached)",
@@ -304,14 +318,18 @@ class KalshiRestSource:
 
     # -- events and series ------------------------------------------------------------------
 
-    async def _lookup_events(self, http: aiohttp.ClientSession, tickers: list[str]) -> None:
-        """Fill the event cache for `tickers`, `concurrency` requests at a time."""
+    async def _lookup_events(
+        self, http: aiohttp.ClientSession, tickers: list[str], found: dict[str, _Event]
+    ) -> None:
+        """Look `tickers` up, `concurrency` requests at a time, into `found` and the cache."""
         pending = iter(tickers)
         series: dict[str, asyncio.Task[str]] = {}  # one lookup per series, shared by workers
 
         async def worker() -> None:
             for event_ticker in pending:  # a shared iterator: each ticker taken once
-                await self._lookup_event(http, event_ticker, series)
+                event = await self._lookup_event(http, event_ticker, series)
+                if event is not None:
+                    found[event_ticker] = event
 
         workers = [
             asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(tickers)))
@@ -328,12 +346,12 @@ class KalshiRestSource:
         http: aiohttp.ClientSession,
         event_ticker: str,
         series_inflight: dict[str, asyncio.Task[str]],
-    ) -> None:
+    ) -> _Event | None:
         self.stats.event_lookups += 1
         try:
             body = await self._get(http, f"/events/{quote(event_ticker, safe='')}")
         except _Missing:  # listed a moment ago, gone now: no attributes from it, not cached
-            return
+            return None
         event = body.get("event")
         if not isinstance(event, dict):
             raise KalshiRestError(f"{self.base_url}/events/{event_ticker}: no `event` object")
@@ -349,7 +367,9 @@ class KalshiRestSource:
                     task = asyncio.ensure_future(self._series_category(http, series))
                     series_inflight[series] = task
                 category = await asyncio.shield(task)  # a cancelled waiter leaves it to others
-        self.events.put(event_ticker, _Event(series=series, category=category))
+        found = _Event(series=series, category=category)
+        self.events.put(event_ticker, found)
+        return found
 
     async def _series_category(self, http: aiohttp.ClientSession, series_ticker: str) -> str:
         self.stats.series_lookups += 1
@@ -362,11 +382,12 @@ class KalshiRestSource:
         self.series.put(series_ticker, category)
         return category
 
-    def _attributes(self, market: Mapping[str, Any]) -> dict[str, object]:
+    @staticmethod
+    def _attributes(market: Mapping[str, Any], events: Mapping[str, _Event]) -> dict[str, object]:
         """Attributes for selectors; missing ones are left out so the env's defaults fill them."""
         attrs: dict[str, object] = {}
         event_ticker = str(market.get("event_ticker") or "")
-        event = self.events.get(event_ticker) if event_ticker else None
+        event = events.get(event_ticker)
         category = event.category if event is not None else ""
         if not category:  # the event is gone or has none: the market's own (deprecated) field
             category = str(market.get("category") or "")
