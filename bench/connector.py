@@ -121,10 +121,10 @@ async def role_floor(ws_url: str, seconds: float) -> None:
     print(f"floor {(cpu1 - cpu0) / (n1 - n0) * 1e6:.2f} {n1 - n0}", flush=True)
 
 
-async def role_floor_raw(ws_url: str, seconds: float) -> None:
+async def role_floor_raw(ws_url: str, seconds: float, read_interval: float) -> None:
     """WebSocket receive alone through the connector's transport (`runtime/kalshi/transport.py`:
     websockets' sans-I/O protocol on a raw asyncio protocol, every message of a read handed
-    over at once). Measures itself over a steady window and prints it."""
+    over at once; paced like the connector's). Measures itself over a steady window."""
     import resource
 
     from websockets.uri import parse_uri
@@ -143,7 +143,7 @@ async def role_floor_raw(ws_url: str, seconds: float) -> None:
         count += len(messages)
         reads += 1
 
-    conn = await open_connection(parse_uri(ws_url), on_messages)
+    conn = await open_connection(parse_uri(ws_url), on_messages, read_interval=read_interval)
     command = {
         "id": 1,
         "cmd": "subscribe",
@@ -321,6 +321,7 @@ class Bench:
         self.nats = start_nats(workdir / "nats")
         self.env_file = workdir / "bench.yaml"
         self.children: list[subprocess.Popen[bytes]] = []
+        self.read_interval: float | None = None  # the connector's default unless set
 
     def child(
         self, args: list[str], extra_env: dict[str, str] | None = None, stdin: bool = False
@@ -361,6 +362,11 @@ class Bench:
                 str(metrics_port),
                 "--log-level",
                 "WARNING",
+                *(
+                    ["--read-interval", str(self.read_interval)]
+                    if self.read_interval is not None
+                    else []
+                ),
             ]
         )
 
@@ -460,7 +466,13 @@ async def floor(bench: Bench, seconds: float, role: str = "floor") -> dict[str, 
     port = free_port()
     sim = bench.role("sim", str(port), "100")
     wait_line(sim, "listening")
-    consumer = bench.role(role, f"ws://127.0.0.1:{port}/trade-api/ws/v2", str(seconds))
+    args = [role, f"ws://127.0.0.1:{port}/trade-api/ws/v2", str(seconds)]
+    if role == "floor-raw":
+        from runtime.connector import READ_INTERVAL
+
+        read_interval = bench.read_interval
+        args.append(str(READ_INTERVAL if read_interval is None else read_interval))
+    consumer = bench.role(*args)
     try:
         assert consumer.stdout is not None
         words = consumer.stdout.readline().decode().split()
@@ -639,6 +651,7 @@ async def main(args: argparse.Namespace) -> None:
     o: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ssmd-bench-") as tmp:
         bench = Bench(Path(tmp))
+        bench.read_interval = args.read_interval
         bench.env_file.write_text(env_yaml())
         try:
             for _ in range(args.repeat if "a" in phases else 0):
@@ -733,6 +746,12 @@ def cli() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="overload duration")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of (a) and (b)")
     parser.add_argument(
+        "--read-interval",
+        type=float,
+        default=None,
+        help="the connector's --read-interval (default: the connector's own default)",
+    )
+    parser.add_argument(
         "--phases", default="abdc", help="which phases to run (default: all of a, b, d, c)"
     )
     args = parser.parse_args()
@@ -747,7 +766,7 @@ def cli() -> None:
         elif role == "floor":
             uvloop.run(role_floor(rest[0], float(rest[1])))
         elif role == "floor-raw":
-            uvloop.run(role_floor_raw(rest[0], float(rest[1])))
+            uvloop.run(role_floor_raw(rest[0], float(rest[1]), float(rest[2])))
         elif role == "sim":
             uvloop.run(role_sim(int(rest[0]), float(rest[1])))
         return

@@ -749,6 +749,14 @@ def connector_command(
         help="This replica's name among the shard's members (default: hostname-pid).",
     ),
     log_level: str = typer.Option("INFO", "--log-level"),
+    read_interval: float = typer.Option(
+        READ_INTERVAL,
+        "--read-interval",
+        min=0.0,
+        max=0.1,
+        help="Seconds between reads of the exchange socket and of NATS acks on a busy feed "
+        "(0: read as data arrives). Bounds the latency it adds; larger costs less CPU.",
+    ),
 ) -> None:
     """Forward one shard's Kalshi market data into its NATS stream."""
     from ssmd_infra.environment import load_environment
@@ -772,6 +780,7 @@ def connector_command(
             signer=signer,
             metrics_port=metrics_port,
             member=member or None,
+            read_interval=read_interval,
         )
         await run_connector(connector)
 
