@@ -417,9 +417,14 @@ def globs_for(
                 break
         chosen.add(pattern)
     kept: list[str] = []
+    globbed: set[str] = set()  # prefixes of the kept globs
     for pattern in sorted(chosen, key=lambda p: (len(p), p)):
-        if not any(k.endswith("*") and pattern.startswith(k[:-1]) for k in kept):
-            kept.append(pattern)
+        body = pattern.removesuffix("*")
+        if any(body[:i] in globbed for i in range(1, len(body) + 1)):
+            continue  # a shorter glob already selects it
+        kept.append(pattern)
+        if pattern.endswith("*"):
+            globbed.add(body)
     return sorted(kept)
 
 
@@ -790,13 +795,15 @@ def _fewest_to_cover(candidates: Sequence[tuple[str, float]], need: float) -> li
     """The fewest symbols whose rates add up to at least `need` (largest first, the last one
     the smallest that suffices); all of them when even that falls short."""
     remaining = sorted(candidates, key=lambda c: (-c[1], c[0]))
+    negated = [-rate for _, rate in remaining]  # ascending, for bisect
     chosen: list[str] = []
     while need > 1e-9 and remaining:
-        enough = [c for c in remaining if c[1] >= need]
-        pick = min(enough, key=lambda c: (c[1], c[0])) if enough else remaining[0]
-        chosen.append(pick[0])
-        remaining.remove(pick)
-        need -= pick[1]
+        enough = bisect.bisect_right(negated, -need)  # remaining[:enough] each cover `need`
+        index = enough - 1 if enough else 0  # the smallest that suffices, else the largest
+        symbol, rate = remaining.pop(index)
+        negated.pop(index)
+        chosen.append(symbol)
+        need -= rate
     return chosen
 
 
