@@ -146,6 +146,15 @@ def archived(data_dir: Path) -> dict[str, set[int]]:
     return out
 
 
+def diagnose(data_dir: Path, shard: str) -> str:
+    """The shard's archive files (final and open) and its archivers' log tails."""
+    files = sorted(str(p.relative_to(data_dir)) for p in data_dir.glob(f"kalshi/*/{shard}/**/*"))
+    logs = []
+    for log in sorted((data_dir / ".local" / "logs").glob(f"archiver-{shard}-*.log")):
+        logs.append(f"{log.name}:\n" + "\n".join(log.read_text().splitlines()[-15:]))
+    return "files:\n  " + "\n  ".join(files) + "\n" + "\n".join(logs)
+
+
 def layout_of(path: Path) -> dict[str, str]:
     env = load_environment(path)
     return resolve(env, merge_symbols(env)).assignment
@@ -243,5 +252,6 @@ def test_split_while_running_then_roll_back(
             stream_contents(nats_server.url, internal_stream(shard), f"internal.{shard}.>")
         )
         assert held, f"{shard} published nothing"
-        assert {seq for seq, _ in held} <= files.get(shard, set()), f"{shard}: not all archived"
+        missing = {seq for seq, _ in held} - files.get(shard, set())
+        assert not missing, f"{shard}: {len(missing)} not archived\n{diagnose(data_dir, shard)}"
         assert {msg_id for _, msg_id in held} <= client_ids, f"{shard}: not all in ssmd-client"
