@@ -38,7 +38,7 @@ import time
 import zlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 MAX_RANGES = 10_000  # merged sequence ranges kept per day; beyond it the closest gaps merge
 GZIP_LEVEL = 1
-_READ_CHUNK = 1 << 20
+_READ_CHUNK = 64 << 10  # compressed bytes per read: bounds the output of one inflate call
 _SEQ_PREFIX = b'{"seq":'
 
 
@@ -390,15 +390,16 @@ class ArchiveFile:
 class ScanResult:
     good_end: int  # offset just past the last complete member
     size: int  # the file's size
-    lines: int = 0
-    seqs_new: int = 0  # distinct sequences not seen before
-    seq_min: int | None = None
-    seq_max: int | None = None
+    lines: int = 0  # lines in the complete members
 
 
-def scan_members(path: Path, offset: int, on_member: Any, out_limit: int = 64 << 20) -> ScanResult:
-    """Walk the complete gzip members of `path` from `offset`; `on_member(lines)` gets the
-    lines of each complete member. Stops at the first torn or corrupt member."""
+def scan_members(
+    path: Path, offset: int, on_member: Callable[[int, list[int]], None]
+) -> ScanResult:
+    """Walk the complete gzip members of `path` from `offset`; `on_member(lines, seqs)` gets
+    the line count and the stream sequences of each complete member, and only of complete
+    ones. Stops at the first torn or corrupt member. Memory: one read chunk, its output,
+    and the sequences of one member (one batch)."""
     size = path.stat().st_size
     result = ScanResult(good_end=offset, size=size)
     with open(path, "rb") as handle:
@@ -406,7 +407,9 @@ def scan_members(path: Path, offset: int, on_member: Any, out_limit: int = 64 <<
         member_start = offset
         inflater = zlib.decompressobj(31)
         used = 0  # compressed bytes of the current member consumed so far
-        pending = bytearray()  # decompressed bytes of the current member
+        partial = b""  # the current member's unfinished last line
+        count = 0
+        seqs: list[int] = []
         data = b""
         while True:
             if not data:
@@ -414,30 +417,33 @@ def scan_members(path: Path, offset: int, on_member: Any, out_limit: int = 64 <<
                 if not data:
                     break  # end of file: a member not finished here is torn
             try:
-                out = inflater.decompress(data, out_limit)
+                out = inflater.decompress(data)
             except zlib.error as exc:
                 log.warning("%s: corrupt gzip member at offset %d (%s)", path, member_start, exc)
                 return result
-            pending += out
-            if len(pending) > out_limit:
-                log.warning("%s: member at offset %d is too large to check", path, member_start)
-                return result
-            if inflater.eof:
-                rest = inflater.unused_data
-                used += len(data) - len(rest)
-                lines = bytes(pending).splitlines()
-                on_member(lines)
-                result.lines += len(lines)
-                member_start += used
-                result.good_end = member_start
-                used = 0
-                pending = bytearray()
-                inflater = zlib.decompressobj(31)
-                data = rest
-            else:
-                tail = inflater.unconsumed_tail
-                used += len(data) - len(tail)
-                data = tail
+            if out:
+                lines = (partial + out).split(b"\n")
+                partial = lines.pop()
+                count += len(lines)
+                seqs.extend(seq for seq in map(line_seq, lines) if seq is not None)
+            if not inflater.eof:
+                used += len(data)
+                data = b""
+                continue
+            rest = inflater.unused_data
+            used += len(data) - len(rest)
+            if partial:  # a last line without its newline (not ours, but a line)
+                count += 1
+                seq = line_seq(partial)
+                if seq is not None:
+                    seqs.append(seq)
+            on_member(count, seqs)
+            result.lines += count
+            member_start += used
+            result.good_end = member_start
+            used, partial, count, seqs = 0, b"", 0, []
+            inflater = zlib.decompressobj(31)
+            data = rest
     return result
 
 
@@ -679,13 +685,12 @@ class ArchiveWriter:
         already counts): their lines go to `entry`, their sequences to `seqs`. Returns the
         offset past the last complete member."""
 
-        def on_member(lines: list[bytes]) -> None:
-            first = len(seqs)
-            seqs.extend(s for s in map(line_seq, lines) if s is not None)
-            if len(seqs) > first:
-                entry.note(min(seqs[first:]), max(seqs[first:]))
-            entry.lines += len(lines)
-            report.lines += len(lines)
+        def on_member(count: int, member_seqs: list[int]) -> None:
+            seqs.extend(member_seqs)
+            if member_seqs:
+                entry.note(min(member_seqs), max(member_seqs))
+            entry.lines += count
+            report.lines += count
 
         start = min(entry.bytes, path.stat().st_size)
         scanned = scan_members(path, start, on_member)

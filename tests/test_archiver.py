@@ -459,6 +459,58 @@ async def test_sigkill_mid_file_then_restart_loses_nothing_acked(shard: Shard) -
     assert sum(e["lines"] for e in manifest["files"]) == len(lines)
 
 
+def test_recovery_keeps_complete_members_and_accounts_what_the_manifest_missed(
+    tmp_path: Path,
+) -> None:
+    """The files a killed archiver leaves: a `.part` the manifest knows up to its first
+    member, with a torn last member; a final file renamed just before the kill, which the
+    manifest does not list yet. Recovery keeps exactly the complete members."""
+    writer = archive_files.ArchiveWriter(tmp_path, "s1", "ssmd-internal-s1", rotation=3600)
+
+    def member(seqs: range) -> bytes:
+        return archive_files.gzip_member(
+            b"".join(b'{"seq":%d,"id":"m%d","frame":{}}\n' % (s, s) for s in seqs)
+        )
+
+    day = tmp_path / "kalshi" / "2024-12-05" / "s1"
+    (day / "trade").mkdir(parents=True)
+    part = day / "trade" / "trade-20241205T000000Z-1.jsonl.gz.part"
+    first, second, torn = member(range(1, 11)), member(range(11, 21)), member(range(21, 31))
+    part.write_bytes(first + second + torn[: len(torn) // 2])
+    unlisted = day / "trade" / "trade-20241205T000500Z-31.jsonl.gz"
+    unlisted.write_bytes(member(range(31, 41)) + member(range(41, 46)))
+    manifest = archive_files.DayManifest(day, "kalshi", "2024-12-05", "s1", "ssmd-internal-s1")
+    entry = archive_files.FileEntry(f"trade/{part.name}", "trade", lines=10, bytes=len(first))
+    entry.note(1, 10)
+    manifest.open[entry.path] = entry
+    manifest.account(list(range(1, 11)))
+    manifest.write()
+
+    report = writer.recover()
+
+    assert (report.parts, report.unlisted, report.parts_removed) == (1, 1, 0)
+    assert report.truncated_bytes == len(torn) // 2
+    assert report.lines == 10 + 15  # the second member and the unlisted file; not the first
+    assert not list(day.rglob("*.part"))
+    recovered = day / "trade" / part.name.removesuffix(".part")
+    assert recovered.read_bytes() == first + second
+    with gzip.open(recovered, "rb") as handle:
+        assert [json.loads(line)["seq"] for line in handle] == list(range(1, 21))
+    data = json.loads((day / "manifest.json").read_text())
+    files = {e["path"]: e for e in data["files"]}
+    assert files[f"trade/{recovered.name}"]["lines"] == 20
+    assert files[f"trade/{recovered.name}"]["bytes"] == len(first + second)
+    assert files[f"trade/{unlisted.name}"]["lines"] == 15
+    assert (
+        files[f"trade/{unlisted.name}"]["seq_first"],
+        files[f"trade/{unlisted.name}"]["seq_last"],
+    ) == (31, 45)
+    assert data["open"] == []
+    assert data["lines"] == 35 and data["duplicates"] == 0
+    assert data["seq_ranges"] == [[1, 20], [31, 45]] and data["gaps"] == [[21, 30]]
+    assert writer.recover().lines == 0  # nothing left to recover: idempotent
+
+
 async def _feed(shard: Shard, batches: int, size: int) -> None:
     for _ in range(batches):
         await shard.publish(size)
