@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from .envedit import EditResult, create_shard, move_symbol
 from .environment import Environment, Shard, load_environment
 from .errors import ConfigError, Problem
 from .live import REDIS_URL_VARIABLE, ShardLive, read_live, redis_url_for
@@ -27,6 +26,9 @@ from .resolution import (
     validate_environment,
 )
 from .selectors import Selector
+
+if TYPE_CHECKING:
+    from .envedit import EditResult
 
 shard_app = typer.Typer(no_args_is_help=True, help="Inspect and edit shards of an environment.")
 
@@ -378,6 +380,8 @@ def move(
     dry_run: bool = typer.Option(False, "--dry-run", help="check and show, write nothing"),
 ) -> None:
     """Pin SYMBOL to shard --to in `assignments` (comments and formatting kept)."""
+    from .envedit import move_symbol  # ruamel.yaml: only for edits
+
     result = move_symbol(env, symbol, source=source, target=target, write=not dry_run)
     _report_edit(result, dry_run)
 
@@ -395,6 +399,8 @@ def create(
     dry_run: bool = typer.Option(False, "--dry-run", help="check and show, write nothing"),
 ) -> None:
     """Add a shard; refused when the name exists or the result would not validate."""
+    from .envedit import create_shard  # ruamel.yaml: only for edits
+
     result = create_shard(
         env, name, selector, replicas=replicas, cpu=cpu, memory=memory, write=not dry_run
     )

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import redis
-
 from . import redis_keys
 from .errors import SsmdError
 
@@ -83,6 +81,8 @@ def read_live(
     if not url:
         return None
     check_redis_url(url)
+    import redis  # imported when used: most commands never ask Redis
+
     names = list(shards)
     client = redis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False

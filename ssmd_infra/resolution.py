@@ -20,7 +20,7 @@ from pathlib import Path
 from .environment import Environment, environment_path, parse_environment
 from .errors import ConfigError, Problem
 from .secmaster import SymbolSource, merge_symbols
-from .selectors import Selector
+from .selectors import SYMBOL_KEY, Selector
 
 
 @dataclass(frozen=True)
@@ -76,16 +76,19 @@ class _Matcher:
         keys = sorted({k for s in selectors for k, _ in s.attributes})
         self._keys = keys
         self._cache: dict[tuple[str | None, ...], tuple[list[Selector], _SymbolIndex]] = {}
+        self._indexes: dict[tuple[str, ...], _SymbolIndex] = {}
 
     def __call__(self, symbol: str, attrs: Mapping[str, str]) -> list[Selector]:
-        combo = tuple(attrs.get(k) for k in self._keys)
+        combo = tuple(map(attrs.get, self._keys))
         entry = self._cache.get(combo)
         if entry is None:
             candidates = [s for s in self._selectors if s.matches_attributes(attrs)]
-            entry = (
-                [s for s in candidates if s.symbol is None],
-                _SymbolIndex([s for s in candidates if s.symbol is not None]),
-            )
+            by_symbol = [s for s in candidates if s.symbol is not None]
+            key = tuple(s.shard for s in by_symbol)
+            index = self._indexes.get(key)
+            if index is None:  # combinations often share their symbol selectors
+                index = self._indexes[key] = _SymbolIndex(by_symbol)
+            entry = ([s for s in candidates if s.symbol is None], index)
             self._cache[combo] = entry
         unconditional, index = entry
         if not index:
@@ -95,24 +98,30 @@ class _Matcher:
 
 
 class _SymbolIndex:
-    """Symbol-glob selectors, with plain `PREFIX*` globs looked up by prefix length."""
+    """Symbol-constrained selectors, looked up by the literal start of each value.
+
+    Every value of a symbol constraint starts with literal text (`BTC` of `BTC*`,
+    `KXHIGHNY-2` of `KXHIGHNY-2?DEC*`, all of an exact name), so a symbol is only checked
+    against the selectors registered under one of its own prefixes: a dict lookup per
+    distinct literal length instead of a glob per selector. A plain `PREFIX*` hit needs no
+    further check; other values are confirmed with the full matcher. Values that start with
+    a wildcard are checked for every symbol.
+    """
 
     def __init__(self, selectors: list[Selector]) -> None:
-        self._by_prefix: dict[str, list[Selector]] = {}
-        self._general: list[Selector] = []
+        self._by_prefix: dict[str, list[tuple[Selector, bool]]] = {}
+        self._always: list[Selector] = []
         lengths = set()
         for sel in selectors:
-            assert sel.symbol is not None
-            if sel.symbol.patterns or (sel.symbol.exact and sel.symbol.prefixes):
-                self._general.append(sel)
+            values = dict(sel.constraints)[SYMBOL_KEY]
+            literals = [(v, _literal_prefix(v)) for v in values]
+            if any(not literal for _, literal in literals):
+                self._always.append(sel)
                 continue
-            if sel.symbol.exact:
-                # exact names are a prefix of themselves plus an equality check
-                self._general.append(sel)
-                continue
-            for prefix in sel.symbol.prefixes:
-                self._by_prefix.setdefault(prefix, []).append(sel)
-                lengths.add(len(prefix))
+            for value, literal in literals:
+                certain = value == literal + "*"  # `PREFIX*`: starting with it is matching
+                self._by_prefix.setdefault(literal, []).append((sel, certain))
+                lengths.add(len(literal))
         self._lengths = sorted(lengths)
         self._count = len(selectors)
 
@@ -121,18 +130,29 @@ class _SymbolIndex:
 
     def match(self, symbol: str) -> list[Selector]:
         found: list[Selector] = []
+        size = len(symbol)
         for length in self._lengths:
-            if length > len(symbol):
+            if length > size:
                 break
             hits = self._by_prefix.get(symbol[:length])
             if hits:
-                for sel in hits:
-                    if sel not in found:
+                for sel, certain in hits:
+                    if any(f is sel for f in found):
+                        continue
+                    if certain or (sel.symbol is not None and sel.symbol(symbol)):
                         found.append(sel)
-        for sel in self._general:
+        for sel in self._always:
             if sel.symbol is not None and sel.symbol(symbol):
                 found.append(sel)
         return found
+
+
+def _literal_prefix(glob: str) -> str:
+    """The text of `glob` before its first wildcard (`*`, `?` or `[`)."""
+    for i, char in enumerate(glob):
+        if char in "*?[":
+            return glob[:i]
+    return glob
 
 
 def _winner(matches: list[Selector]) -> Selector | None:
