@@ -17,7 +17,6 @@ file), as an operator would do it.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -137,12 +137,25 @@ async def stream_contents(url: str, stream: str, subject: str) -> list[tuple[int
 
 
 def archived(data_dir: Path) -> dict[str, set[int]]:
-    """shard → the stream sequences in its final archive files."""
+    """shard → the stream sequences in its archive files.
+
+    Final files, and the complete gzip members of `.part` files: the archiver fsyncs every
+    member before it acknowledges it, and its recovery keeps exactly those, so they are in
+    the archive even when an archiver was stopped before it renamed its open files.
+    """
     out: dict[str, set[int]] = {}
-    for path in data_dir.glob("kalshi/*/*/*/*.jsonl.gz"):
+    for path in [*data_dir.glob("kalshi/*/*/*/*.jsonl.gz"), *data_dir.glob("kalshi/*/*/*/*.part")]:
         shard = path.parent.parent.name
-        with gzip.open(path, "rt") as handle:
-            out.setdefault(shard, set()).update(json.loads(line)["seq"] for line in handle)
+        data = path.read_bytes()
+        while data:
+            member = zlib.decompressobj(31)
+            text = member.decompress(data)
+            if not member.eof:
+                break  # a torn tail: never acknowledged, so not archived
+            out.setdefault(shard, set()).update(
+                json.loads(line)["seq"] for line in text.splitlines()
+            )
+            data = member.unused_data
     return out
 
 
