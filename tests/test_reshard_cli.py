@@ -409,6 +409,23 @@ def test_apply_on_kubernetes_runs_pulumi_up_with_the_env_commit(
     assert rollout.commit_of_message(kwargs["message"]) == commit[:12]
 
 
+def test_apply_allow_dirty_deploys_without_committing_and_says_so(
+    ssmd: Ssmd, repo: Path, pulumi: Recorder
+) -> None:
+    env = repo / ENV_REL
+    env.write_text(env.read_text() + "# trying something\n")
+    pid = make_plan(ssmd)
+    base = git(repo, "log", "-1", "--format=%H", "--", ENV_REL)
+    result = ssmd("shard", "apply", "kalshi-dev", "--plan", pid, "--allow-dirty", "--no-verify")
+    assert result.code == 0, result.err
+    assert "(not committed: " in result.out
+    assert git(repo, "log", "-1", "--format=%H", "--", ENV_REL) == base  # nothing committed
+    _, kwargs = pulumi.calls[-1]
+    # the update records that it deployed uncommitted content on top of that commit
+    assert kwargs["message"].endswith(f"{ENV_REL}@{base[:12]}-dirty")
+    assert rollout.commit_of_message(kwargs["message"]) == f"{base[:12]}-dirty"
+
+
 def test_rollback_lists_stack_history_and_restores_the_previous_commit(
     ssmd: Ssmd, repo: Path, pulumi: Recorder
 ) -> None:
