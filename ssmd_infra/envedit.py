@@ -38,7 +38,7 @@ from .quantity import canonical_quantity
 from .resolution import Layout, Validation, resolve_with_problems, validate_document
 from .secmaster import merge_symbols
 from .selectors import Selector, parse_selector_text
-from .yamlsource import load_yaml
+from .yamlsource import SourceMap, load_yaml
 
 
 class EditRefused(SsmdError):
@@ -89,13 +89,27 @@ def _load(ref: str | Path) -> _Loaded:
 # -- round trip ---------------------------------------------------------------------------------
 
 
-class RoundTrip:
-    """A ruamel.yaml round-trip tree of one document, and the text of its edited form."""
+MAX_LISTED = 20  # problems listed when an edit is refused
+ELIDED_SECTION = "symbols"  # the section that grows with the universe; edits never touch it
+_PLACEHOLDER_KEY = "__ssmd_elided__"
 
-    def __init__(self, text: str, file: str) -> None:
+
+class RoundTrip:
+    """A ruamel.yaml round-trip tree of one document, and the text of its edited form.
+
+    ruamel.yaml is pure Python and slow (tens of seconds for a 30k-symbol file), so the
+    `symbols` section, which edits never touch, is cut out before ruamel sees the document
+    and put back, byte for byte, afterwards: `doc` has `symbols` as an empty placeholder.
+    `source` (the strict loader's map of the same text) says where the section is; without
+    it the text is loaded once more to find out.
+    """
+
+    def __init__(self, text: str, file: str, source: SourceMap | None = None) -> None:
         self.crlf = "\r\n" in text
         self.bom = text.startswith("\ufeff")
         self.original = text.removeprefix("\ufeff").replace("\r\n", "\n")
+        if self.original and not self.original.endswith("\n"):
+            self.original += "\n"
         self.file = file
         self._yaml = YAML(typ="rt")
         self._yaml.preserve_quotes = True
@@ -104,13 +118,30 @@ class RoundTrip:
         self.indent = mapping  # columns per nesting level of block mappings
         self._yaml.indent(mapping=mapping, sequence=sequence, offset=offset)
         self._yaml.explicit_start = self.original.lstrip().startswith("---")
-        try:
-            self.doc: CommentedMap = self._yaml.load(self.original)
-        except RuamelYAMLError as exc:  # the strict loader accepted it; ruamel did not
-            raise EditRefused(f"{file}: cannot edit this file's YAML: {exc}") from None
-        if not isinstance(self.doc, CommentedMap):
-            raise EditRefused(f"{file}: expected a mapping at the top level")
+        self._elided: tuple[str, str] | None = None  # (placeholder line, original section)
+        self._text = self.original
+        span = _section_span(self.original, ELIDED_SECTION, file, source)
+        if span is not None:
+            lines = self.original.splitlines(keepends=True)
+            placeholder = f"{ELIDED_SECTION}: {{{_PLACEHOLDER_KEY}: 0}}\n"
+            self._elided = (placeholder, "".join(lines[span[0] : span[1]]))
+            self._text = "".join(lines[: span[0]]) + placeholder + "".join(lines[span[1] :])
+        self.doc: CommentedMap = self._load(self._text)
         self.normal = self._dump()
+        if self._elided is not None and self.normal.count(self._elided[0]) != 1:
+            # ruamel did not keep the placeholder as one line: do the slow, whole round trip
+            self._elided, self._text = None, self.original
+            self.doc = self._load(self._text)
+            self.normal = self._dump()
+
+    def _load(self, text: str) -> CommentedMap:
+        try:
+            doc = self._yaml.load(text)
+        except RuamelYAMLError as exc:  # the strict loader accepted it; ruamel did not
+            raise EditRefused(f"{self.file}: cannot edit this file's YAML: {exc}") from None
+        if not isinstance(doc, CommentedMap):
+            raise EditRefused(f"{self.file}: expected a mapping at the top level")
+        return doc
 
     def _dump(self) -> str:
         out = io.StringIO()
@@ -120,12 +151,41 @@ class RoundTrip:
     def text(self) -> str:
         """The edited document: the original text with only the edited lines changed."""
         edited = self._dump()
-        spliced = _splice(self.original, self.normal, edited)
+        spliced = _splice(self._text, self.normal, edited)
         if spliced != edited and not _same_data(spliced, edited, self.file):
             spliced = edited  # the splice could not be trusted: take ruamel's text whole
+        if self._elided is not None:
+            placeholder, section = self._elided
+            if spliced.count(placeholder) != 1 or not (
+                spliced.startswith(placeholder) or f"\n{placeholder}" in spliced
+            ):
+                raise EditRefused(f"{self.file} unchanged: the edit moved the `symbols` section")
+            spliced = spliced.replace(placeholder, section, 1)
         if self.crlf:
             spliced = spliced.replace("\n", "\r\n")
         return ("\ufeff" if self.bom else "") + spliced
+
+
+def _section_span(
+    text: str, key: str, file: str, source: SourceMap | None
+) -> tuple[int, int] | None:
+    """0-based [start, end) line range of top-level `key` up to the next top-level key, when
+    the document is a block mapping with one key per line; None otherwise."""
+    if source is None:
+        try:
+            source = load_yaml(text, file)[1]
+        except ConfigError:
+            return None
+    top = {path[0]: place for path, place in source.lines.items() if len(path) == 1}
+    if key not in top or any(col != 1 for _line, col in top.values()):
+        return None
+    starts = sorted(line for line, _col in top.values())
+    if len(set(starts)) != len(starts):
+        return None
+    line = top[key][0]
+    later = [s for s in starts if s > line]
+    end = later[0] - 1 if later else len(text.splitlines())
+    return line - 1, end
 
 
 def _guess_indent(text: str) -> tuple[int, int, int]:
@@ -319,7 +379,10 @@ def check_result(loaded: _Loaded, text: str) -> Validation:
     """Validate the would-be content; `EditRefused` (nothing written) when it fails."""
     report = validate_document(text, str(loaded.path))
     if not report.ok:
-        listed = "\n".join(f"  - {p}" for p in report.problems)
+        shown = report.problems[:MAX_LISTED]
+        listed = "\n".join(f"  - {p}" for p in shown)
+        if len(report.problems) > len(shown):
+            listed += f"\n  ... and {len(report.problems) - len(shown)} more"
         raise EditRefused(
             f"{loaded.path} unchanged: the edited environment would not validate "
             f"(line numbers as they would be after the edit):\n{listed}"
@@ -416,7 +479,7 @@ def move_symbol(
     if current == target:
         raise EditRefused(f"{path} unchanged: symbol {symbol!r} is already in shard {target!r}")
 
-    rt = RoundTrip(loaded.raw.decode("utf-8"), str(path))
+    rt = RoundTrip(loaded.raw.decode("utf-8"), str(path), env.source)
     natural = by_selector[0] if len(by_selector) == 1 else None
     if natural is None and len(by_selector) > 1:
         natural = _winner_of(env, by_selector)
@@ -498,7 +561,7 @@ def create_shard(
             except ValueError as exc:
                 raise EditRefused(f"{path} unchanged: {flag}: {exc}") from None
 
-    rt = RoundTrip(loaded.raw.decode("utf-8"), str(path))
+    rt = RoundTrip(loaded.raw.decode("utf-8"), str(path), env.source)
     shards = rt.doc.get("shards")
     if not isinstance(shards, CommentedMap) or shards.fa.flow_style():
         raise EditRefused(f"{path} unchanged: `shards` is not a block mapping; edit it by hand")

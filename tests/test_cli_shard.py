@@ -910,3 +910,38 @@ def test_the_console_entry_points_run(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "BTCUSD" in bad.stderr and "ETHUSD" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_edits_when_symbols_come_last_and_the_file_has_no_final_newline(
+    ssmd: Ssmd, tmp_path: Path
+) -> None:
+    text = (
+        "name: last\nfeed: kalshi\nshards:\n  a: {selector: {tier: 1}, replicas: 1}\n"
+        "  b: {selector: {tier: 2}, replicas: 1}\n# the symbols\nsymbols:\n"
+        "  X: {tier: 1}   # x\n  Y:    {tier: 2}"
+    )
+    path = tmp_path / "last.yaml"
+    path.write_text(text)
+    assert ssmd("shard", "move", str(path), "X", "--from", "a", "--to", "b").code == 0
+    assert path.read_text() == text + "\nassignments:\n  X: b\n"
+    r = ssmd("shard", "create", str(path), "c", "--selector", "tier=3")
+    assert r.code == 0, r.err
+    assert path.read_text().endswith(
+        "  b: {selector: {tier: 2}, replicas: 1}\n  c:\n    selector:\n      tier: 3\n"
+        "    replicas: 1\n# the symbols\nsymbols:\n  X: {tier: 1}   # x\n  Y:    {tier: 2}\n"
+        "assignments:\n  X: b\n"
+    )
+
+
+def test_a_refused_edit_lists_the_first_problems_and_counts_the_rest(
+    ssmd: Ssmd, tmp_path: Path
+) -> None:
+    symbols = "".join(f"  S{i:02d}: {{tier: 1}}\n" for i in range(30))
+    path = tmp_path / "many.yaml"
+    path.write_text(
+        f"name: many\nfeed: kalshi\nsymbols:\n{symbols}shards:\n  a: {{selector: {{tier: 1}}, replicas: 1}}\n"
+    )
+    r = ssmd("shard", "create", str(path), "b", "--selector", "prefix=S")
+    assert r.code == 1
+    assert r.err.count("overlap:") == 20
+    assert "... and 10 more" in r.err
