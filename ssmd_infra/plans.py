@@ -101,10 +101,9 @@ def render(text: str, ops: Sequence[Op], file: str = "<environment>") -> str:
     does not touch stays as written — comments, order, quoting, spacing."""
     from ruamel.yaml.comments import CommentedMap
 
-    from .envedit import EditRefused, RoundTrip, append_entry, remove_entry
+    from .envedit import EditRefused, RoundTrip, append_entry, pin, unpin
 
     rt = RoundTrip(text, file)
-    indent = _indent(rt)
     for op in ops:
         if isinstance(op, AddShard):
             shards = rt.doc.get("shards")
@@ -117,30 +116,12 @@ def render(text: str, ops: Sequence[Op], file: str = "<environment>") -> str:
                 (k, _node(v) if k == "selector" else _like(v, (source or {}).get(k)))
                 for k, v in op.body.items()
             )
-            append_entry(shards, op.shard, body, indent)
+            append_entry(shards, op.shard, body, rt.indent)
         elif isinstance(op, Pin):
-            pins = rt.doc.get("assignments")
-            if not isinstance(pins, CommentedMap):
-                append_entry(rt.doc, "assignments", CommentedMap({op.symbol: op.shard}), 0)
-            elif op.symbol in pins:
-                pins[op.symbol] = op.shard
-            elif not pins:
-                pins.fa.set_block_style()
-                pins[op.symbol] = op.shard
-            else:
-                append_entry(pins, op.symbol, op.shard, indent)
+            pin(rt, op.symbol, op.shard)
         else:
-            pins = rt.doc.get("assignments")
-            if isinstance(pins, CommentedMap) and op.symbol in pins:
-                remove_entry(rt.doc, "assignments", op.symbol)
+            unpin(rt, op.symbol)
     return rt.text()
-
-
-def _indent(rt: Any) -> int:
-    """The file's mapping indent, as `envedit` measures it."""
-    from .envedit import _guess_indent
-
-    return int(_guess_indent(rt.original)[0])
 
 
 # ----------------------------------------------------------------------------- the plan
