@@ -38,8 +38,9 @@ Delivery and acknowledgement (at least once: nothing acknowledged is ever lost):
   starting just after the ack floor, so every unacknowledged message is delivered again at
   once (never acked unwritten; possibly written twice). Exactly one archiver per shard runs
   (the Kubernetes workload is a one-replica StatefulSet); two would break each other's acks.
-  A crash between the delete and the create loses only the consumer's position: the next
-  start creates it from the stream's beginning (duplicates, not loss).
+  A consumer that is gone (deleted from outside, or a crash between the delete and the
+  create) has lost its position: it is created again from the stream's beginning
+  (duplicates, not loss).
 - Pipelined: while one round is compressed, written and synced in a worker thread (zlib and
   fsync release the GIL), the next is fetched and turned into lines. Memory is bounded
   whatever the backlog: one pull request at a time (at most `batch_size` messages and
@@ -402,7 +403,10 @@ class Archiver:
         try:
             floor = _ack_floor(await js.consumer_info(self.stream, self.consumer))
         except NotFoundError:
-            floor = self.stats.acked_seq
+            # gone (deleted from outside, or a resync that crashed half-way): its position
+            # is unknown, and after a stream replacement so is the meaning of our last ack;
+            # from the start of the stream, then: duplicates, never loss
+            floor = 0
         log.warning(
             "resync of %s (%s): starting again after sequence %d", self.consumer, reason, floor
         )
@@ -413,6 +417,7 @@ class Archiver:
         self.pull.forget_request()
         info = await js.add_consumer(self.stream, self._consumer_config(floor + 1))
         self._last_ack = None
+        self.pull.consumer_gone = False  # that was the old one (our own delete said so)
         self._expect_from(info)
 
     # -- the data path ------------------------------------------------------------------------
@@ -441,6 +446,9 @@ class Archiver:
                 self._generation = pull.generation
                 if self._last_ack is not None:  # it may have been lost with the connection
                     pull.ack(self._last_ack)
+            if pull.consumer_gone:  # deleted or never there: recreate it (a resync)
+                pull.consumer_gone = False
+                self._expected_dseq = 0
             if pull.connected and self._expected_dseq == 0:
                 await self._finish_write()
                 try:

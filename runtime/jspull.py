@@ -220,6 +220,7 @@ class PullClient:
         self._request_left = 0
         self._request_deadline = 0.0
         self.generation = 0  # bumped on every (re)connection
+        self.consumer_gone = False  # a request was answered "no such consumer" (or deleted)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -326,7 +327,9 @@ class PullClient:
         if code == 100:  # idle heartbeat: not an end
             return
         if subject == self._open_request:
-            if code not in (404, 408, 409):
+            if code == 503 or (code == 409 and b"Consumer Deleted" in header):
+                self.consumer_gone = True  # nothing answers for the consumer any more
+            elif code not in (404, 408, 409):
                 text = found[2].strip().decode("utf-8", "replace") if found else repr(header)
                 log.warning("pull request ended with status %d %s", code, text)
             self._end_request()

@@ -408,6 +408,25 @@ async def test_a_disk_slower_than_ack_wait_means_duplicates_never_loss(
     assert manifest["seq_ranges"] == [[1, 400]]
 
 
+async def test_a_consumer_deleted_from_outside_is_recreated_from_the_start(shard: Shard) -> None:
+    await shard.publish(100)
+    archiver = shard.archiver()
+    async with running(archiver):
+        await eventually(drained(archiver, 100), "first hundred archived")
+        nc = await nats.connect(shard.nats_url)
+        try:
+            await nc.jetstream().delete_consumer(shard.stream, consumer_name(shard.name))
+        finally:
+            await nc.close()
+        await shard.publish(100)
+        await eventually(lambda: _await_floor(shard, 200), "recreated and caught up")
+        await eventually(lambda: archiver.stats.acked_seq >= 200, "acked")
+        assert archiver.stats.resyncs == 1
+    seqs = Counter(line["seq"] for _, line in shard.lines())
+    assert sorted(seqs) == list(range(1, 201))  # its position was lost: duplicates, not loss
+    assert shard.manifest()["duplicates"] == sum(seqs.values()) - 200
+
+
 def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as handle:
         return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
