@@ -10,6 +10,8 @@
     environment file. Goal: under 5 s. Baseline in the same run: `ssmd --help` (the fixed
     cost of starting the CLI).
 
+(3) `ssmd shard move` in that file (the round-trip edit, validated before it is written).
+
 Every run checks its result: each symbol resolves to exactly one shard.
 
 Usage: .venv/bin/python bench/resolve.py [--symbols 100000] [--file-symbols 30000]
@@ -346,6 +348,18 @@ def main() -> None:
         print(f"    baseline CPU time: {describe(floor_cpu)}")
         parse_times = timed(lambda: parse_environment(text, str(path)), max(1, args.repeat // 2))
         print(f"    of which, in process: load + schema {describe(parse_times)}")
+
+        # (3) an edit of the same file: load, pin, validate the result, write atomically
+        symbol, attrs = next((s, a) for s, a in file_universe.items() if a["category"] == "sports")
+        source = next(n for n, sel in file_shards if attrs["series"] in sel.get("series", []))
+        target = next(n for n, _ in file_shards if n != source)
+
+        def move() -> None:
+            path.write_text(text)
+            run([*cli(), "shard", "move", str(path), symbol, "--from", source, "--to", target])
+
+        times = timed(move, max(1, args.repeat // 2))
+        print(f"(3) `ssmd shard move` in the same file, end to end: {describe(times)}")
 
 
 if __name__ == "__main__":
