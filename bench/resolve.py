@@ -286,11 +286,8 @@ def main() -> None:
         environment_yaml({}, shards).replace("symbols:\n", "symbols: {}\n"), "bench.yaml"
     )
     selectors = {
-        kind: sum(1 for _, sel in shards if pred(sel))
-        for kind, pred in {
-            "list": lambda sel: any(isinstance(v, list) for v in sel.values()),
-            "glob": lambda sel: any(k in ("prefix", "symbol") for k in sel),
-        }.items()
+        "list": sum(1 for _, sel in shards if any(isinstance(v, list) for v in sel.values())),
+        "glob": sum(1 for _, sel in shards if "prefix" in sel or "symbol" in sel),
     }
     dotted = sum(1 for s in universe if "." in s)
     print(
@@ -351,7 +348,11 @@ def main() -> None:
 
         # (3) an edit of the same file: load, pin, validate the result, write atomically
         symbol, attrs = next((s, a) for s, a in file_universe.items() if a["category"] == "sports")
-        source = next(n for n, sel in file_shards if attrs["series"] in sel.get("series", []))
+        source = next(
+            n
+            for n, sel in file_shards
+            if isinstance(series := sel.get("series"), list) and attrs["series"] in series
+        )
         target = next(n for n, _ in file_shards if n != source)
 
         def move() -> None:
