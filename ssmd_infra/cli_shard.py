@@ -16,7 +16,7 @@ import typer
 
 from .environment import Environment, Shard, load_environment
 from .errors import ConfigError, Problem
-from .live import REDIS_URL_VARIABLE, ShardLive, read_live, redis_url_for
+from .live import REDIS_URL_VARIABLE, ShardLive, read_live, redis_url_for, shard_status
 from .resolution import (
     Layout,
     Validation,
@@ -229,24 +229,6 @@ def list_shards(
         _out(note)
 
 
-def shard_status(shard: Shard, live: ShardLive | None, reachable: bool) -> str:
-    """One word and why: running, down, degraded, saturated or unknown."""
-    if not reachable or live is None:
-        return "unknown: no live figures (Redis not configured or unreachable)"
-    replicas = live.replicas or 0
-    if replicas == 0:
-        return "down: no live replicas"
-    if replicas < shard.min_replicas:
-        return f"degraded: {replicas} live replicas, fewer than min_replicas {shard.min_replicas}"
-    per_pod = (live.msg_rate or 0.0) / replicas
-    busy = (live.cpu_pct or 0.0) >= shard.autoscaling.cpu_utilization or (
-        per_pod >= shard.autoscaling.message_rate
-    )
-    if replicas >= shard.replicas and busy:
-        return "saturated: at max replicas and above the autoscaling target (see `ssmd shard plan`)"
-    return "running"
-
-
 def _resources_text(shard: Shard) -> str:
     req, lim = shard.resources.requests, shard.resources.limits
     if req == lim:
@@ -347,10 +329,7 @@ def symbols(
         return
     _table(
         ("SYMBOL", "SHARD", "MSG/S"),
-        [
-            (r["symbol"], r["shard"] + (" (pin)" if r["pinned"] else ""), _num(r["msg_rate"]))
-            for r in rows
-        ],
+        [(r["symbol"], r["shard"], _num(r["msg_rate"])) for r in rows],
         right={2},
     )
     note = _manual_note(environment)

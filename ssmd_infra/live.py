@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import redis_keys
+from .environment import Shard
 from .errors import SsmdError
 
 REDIS_URL_VARIABLE = "SSMD_REDIS_URL"
@@ -122,3 +123,21 @@ def read_live(
 
 def _text(raw: object) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def shard_status(shard: Shard, live: ShardLive | None, reachable: bool) -> str:
+    """One word and why: running, down, degraded, saturated or unknown."""
+    if not reachable or live is None:
+        return "unknown: no live figures (Redis not configured or unreachable)"
+    replicas = live.replicas or 0
+    if replicas == 0:
+        return "down: no live replicas"
+    if replicas < shard.min_replicas:
+        return f"degraded: {replicas} live replicas, fewer than min_replicas {shard.min_replicas}"
+    per_pod = (live.msg_rate or 0.0) / replicas
+    busy = (live.cpu_pct or 0.0) >= shard.autoscaling.cpu_utilization or (
+        per_pod >= shard.autoscaling.message_rate
+    )
+    if replicas >= shard.replicas and busy:
+        return "saturated: at max replicas and above the autoscaling target (see `ssmd shard plan`)"
+    return "running"

@@ -25,10 +25,9 @@ import redis
 
 from ssmd_infra import cli, redis_keys
 from ssmd_infra.cli import main
-from ssmd_infra.cli_shard import shard_status
 from ssmd_infra.envedit import EditRefused, write_atomically
 from ssmd_infra.environment import parse_environment
-from ssmd_infra.live import ShardLive, read_live
+from ssmd_infra.live import ShardLive, read_live, shard_status
 from ssmd_infra.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
