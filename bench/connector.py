@@ -1,7 +1,7 @@
 """Connector benchmark: CPU per message against a naive pass-through measured in the same run.
 
     .venv/bin/python bench/connector.py [--paced-seconds 10] [--backlog 200000] [--seconds 60]
-                                        [--repeat 3]
+                                        [--repeat 3] [--phases abdc] [--read-interval S]
 
 Every consumer runs as its own process and is measured from outside (psutil CPU times of
 that process; messages counted in the shard's JetStream stream), so the figures are the
@@ -13,7 +13,9 @@ process's own cost, not the exchange's or the server's:
 - connector: `ssmd run connector` exactly as deployed (acknowledged publishing).
 
 (a) paced: the Kalshi simulator sends 10k msg/s (100 markets x 100/s); CPU µs per message
-    over a steady window. Goal: connector ≤ 0.6x baseline.
+    over a steady window. Goal: connector ≤ 0.6x baseline. Two receive-only floors on the
+    same feed, for reference: the websockets asyncio client (`recv()` per message) and the
+    connector's own transport (`runtime/kalshi/transport.py`, paced like the connector).
 (b) backlogged: a replay exchange has N frames ready and writes them as fast as the
     consumer reads; messages per CPU-second until all N are in the stream. The connector
     runs with the `block` policy here, so it forwards all N like the baseline does.
@@ -22,6 +24,10 @@ process's own cost, not the exchange's or the server's:
     while nats-server is stopped (SIGSTOP) for the last two thirds, so the exchange offers
     at least 3x what the NATS path accepts; the connector's RSS is sampled throughout
     (goal: under its 256 MiB request) and its drops must show in its metrics.
+(d) the publisher alone, in this process, against nats-py publishing without acks.
+
+`--phases` picks phases (e.g. `a` for a quick paced comparison); `--read-interval` runs the
+connector with that `--read-interval` instead of its default.
 """
 
 from __future__ import annotations

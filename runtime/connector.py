@@ -62,9 +62,10 @@ RATE_WINDOW_SECONDS = 10.0  # ssmd_connector_message_rate and per-symbol rates a
 STARTUP_RETRY_SECONDS = 5.0  # secmaster retry after a failed first fetch (not the full interval)
 # The exchange socket and the acks from NATS are read at most once per READ_INTERVAL, on the
 # same clock grid, and each batch is flushed to NATS at once: one wake-up per interval on a
-# busy feed instead of one per socket read (see runtime/kalshi/transport.py). It bounds the
-# latency this adds; the publisher's 1 ms flush timer it replaces had the same order.
-READ_INTERVAL = 0.002
+# busy feed instead of one per socket read (see runtime/kalshi/transport.py and the
+# "Connector" section of docs/BENCHMARKS.md). It bounds the latency this adds to a message
+# (none on a quiet feed); `--read-interval 0` reads as data arrives.
+READ_INTERVAL = 0.004
 
 # (subject, raw frame, msg id) — what waits in the buffer
 _Item = tuple[bytes, bytes, bytes]

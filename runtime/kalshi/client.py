@@ -320,6 +320,8 @@ class KalshiWsClient:
         keepalive = asyncio.get_running_loop().create_task(
             self._keepalive(conn), name="kalshi-ws-keepalive"
         )
+        if self._held:  # frames that came with the handshake response and did not fit
+            conn.pause_reading()
         try:
             self._send_commands()
             if self._stopping:  # stop() came during the handshake
