@@ -261,8 +261,13 @@ class PulumiStack:
                 f"the Pulumi CLI is not on PATH; the Automation API needs it to run `pulumi` on "
                 f"stack {self.stack} ({PULUMI_INSTALL_HINT}). Nothing was changed"
             )
-        from pulumi import automation as auto
-
+        try:
+            from pulumi import automation as auto
+        except ImportError:
+            raise SsmdError(
+                "the Pulumi Python SDK is not installed here (`pip install '.[pulumi]'`, as "
+                "scripts/setup.sh does); nothing was changed"
+            ) from None
         opts = auto.LocalWorkspaceOptions(env_vars=env_vars) if env_vars else None
         return auto.select_stack(stack_name=self.stack, work_dir=str(self.project), opts=opts)
 
