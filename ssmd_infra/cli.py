@@ -10,6 +10,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import SsmdError
 
@@ -42,5 +43,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except SsmdError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True)
+        # the message is the user's text (file names, keys, URLs): never rich markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
         sys.exit(1)
