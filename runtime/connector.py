@@ -50,7 +50,7 @@ from runtime.publisher import JetStreamPublisher
 from ssmd_infra import redis_keys
 from ssmd_infra.environment import Environment
 from ssmd_infra.errors import ConfigError, SsmdError
-from ssmd_infra.resolution import resolve
+from ssmd_infra.resolution import resolve, resolve_with_problems
 from ssmd_infra.secmaster import SymbolSource, merge_symbols
 from ssmd_infra.subjects import internal_subject
 
@@ -166,6 +166,7 @@ class Connector:
         self.shard_symbols: frozenset[str] = frozenset()  # the shard's resolved symbols
         self.subscribed: frozenset[str] = frozenset()  # what this replica asked to subscribe
         self.secmaster_failures = 0
+        self.unresolved = 0  # live-universe symbols that are orphans or overlaps
         self.received = 0
         self.rejected = 0  # frames whose type/ticker/id cannot be published safely
         self._subjects: dict[tuple[str, str], bytes] = {}
@@ -280,9 +281,25 @@ class Connector:
         return None
 
     def _resolve_now(self) -> frozenset[str]:
+        """The shard's symbols now. With only the file's symbols, any orphan or overlap is a
+        configuration error (fatal at start-up, as `ssmd shard validate` says). With a live
+        secmaster the exchange can list a market no selector foresaw: that market is not
+        captured by any shard, which is logged and exported as
+        `ssmd_connector_unresolved_symbols`, but it must not stop this shard's capture."""
         source = self._source()
         universe = merge_symbols(self.env, source)
-        layout = resolve(self.env, universe, complete_universe=source is not None)
+        if source is None:
+            layout = resolve(self.env, universe, complete_universe=False)
+            self.unresolved = 0
+            return frozenset(layout.symbols_of(self.shard))
+        layout, problems = resolve_with_problems(self.env, universe, complete_universe=True)
+        if problems and len(problems) != self.unresolved:
+            log.warning(
+                "%d symbol problem(s) in the live universe, not captured by any shard: %s",
+                len(problems),
+                "; ".join(p.message for p in problems[:5]),
+            )
+        self.unresolved = len(problems)
         return frozenset(layout.symbols_of(self.shard))
 
     async def refresh_symbols(self) -> bool:
@@ -666,6 +683,11 @@ class _ConnectorCollector(Collector):
         yield counter("ssmd_connector_nats_reconnects", "NATS reconnections", pub.reconnects)
         yield counter(
             "ssmd_connector_secmaster_failures", "Failed symbol refreshes", c.secmaster_failures
+        )
+        yield gauge(
+            "ssmd_connector_unresolved_symbols",
+            "Live secmaster symbols that are orphans or overlaps (captured by no shard)",
+            c.unresolved,
         )
         yield gauge("ssmd_connector_buffer_depth", "Frames waiting in the buffer", len(c.buffer))
         yield gauge(

@@ -376,3 +376,46 @@ shards:
     finally:
         connector.stop()
         await asyncio.wait_for(task, 20)
+
+
+async def test_markets_no_shard_selects_are_reported_and_do_not_stop_the_shard(
+    sim: KalshiSimulator, nats_url: str
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    env = parse_environment(
+        f"""
+name: rest-{tag}
+feed: kalshi
+secmaster: {{source: kalshi}}
+streams:
+  internal: {{max_age: 1h, max_bytes: 16Mi}}
+shards:
+  c{tag}: {{selector: {{category: crypto}}, replicas: 1}}
+""",
+        f"rest-{tag}.yaml",
+    )
+    shard = f"c{tag}"
+    await reconcile_streams(nats_url, [internal_stream_spec(env, shard)])
+    populate(sim)
+    active = {t: m for t, m in sim.markets.items() if m.status == "active"}
+    crypto = {t for t, m in active.items() if m.category == "crypto"}
+    assert crypto and len(crypto) < len(active)
+    connector = Connector(
+        env,
+        shard,
+        nats_url=nats_url,
+        kalshi_ws_url=sim.ws_url,
+        kalshi_rest_url=sim.rest_url,
+        metrics_port=None,
+        refresh_interval=0.2,
+        client_options={"backoff_initial": 0.05, "backoff_max": 0.2},
+    )
+    task = asyncio.create_task(connector.run())
+    try:
+        await eventually(lambda: sim.subscribed_markets() == crypto, "the crypto markets")
+        assert connector.unresolved == len(active) - len(crypto)  # the orphans, counted
+        assert connector.secmaster_failures == 0
+        assert not task.done()
+    finally:
+        connector.stop()
+        await asyncio.wait_for(task, 20)
