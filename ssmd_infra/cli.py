@@ -6,6 +6,7 @@ and exit 1; nothing else is caught, so a bug still shows its traceback.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import typer
@@ -23,7 +24,9 @@ app = typer.Typer(
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+@functools.cache
 def _register() -> None:
+    """Attach the sub-apps once per process (imported here: `ssmd --help` stays light)."""
     from .cli_reshard import day_app, register
     from .cli_shard import shard_app
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from ssmd_infra import cli, redis_keys
+from ssmd_infra import redis_keys
 from ssmd_infra.cli import main
 from ssmd_infra.envedit import EditRefused, write_atomically
 from ssmd_infra.environment import parse_environment
@@ -94,7 +94,6 @@ class Result:
 
 
 Ssmd = Callable[..., Result]
-_registered = False
 
 
 @pytest.fixture
@@ -104,13 +103,6 @@ def ssmd(
     """Run `ssmd ARGS...` in-process, as the console script does; returns a `Result`."""
     monkeypatch.delenv("SSMD_REDIS_URL", raising=False)
     monkeypatch.chdir(tmp_path)  # no `ssmd local up` state here
-    # `main` registers the sub-apps on every call, and each registration adds to the app:
-    # register once, then let `main` skip it (a process runs `main` once)
-    global _registered
-    if not _registered:
-        cli._register()
-        _registered = True
-    monkeypatch.setattr(cli, "_register", lambda: None)
 
     def run(*args: str) -> Result:
         capsys.readouterr()
