@@ -226,9 +226,8 @@ class Connector:
             else:
                 buffer.offer((subject, frame.raw, msg_id.encode()))
         self.received += taken
-        if direct:
-            publisher.publish_many(direct)
-        publisher.flush()  # one write per batch, in this wake-up: no flush timer
+        if direct:  # one write per read, in this wake-up: no flush timer
+            publisher.publish_many(direct, flush=True)
         return taken
 
     async def wait_ready(self) -> None:

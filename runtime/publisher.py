@@ -13,7 +13,8 @@ publisher needs, on its own connection:
   bounded, and a full window is the back-pressure signal the connector's buffer acts on);
 - writes are coalesced and flushed on a short timer (~1 ms) rather than per message —
   at paced rates per-message socket writes and wake-ups dominate the cost; a caller that
-  publishes in batches calls `flush()` after each batch instead (no timer, no extra wake-up);
+  publishes in batches (`publish_many(..., flush=True)`) writes each batch at once instead
+  (no timer, no extra wake-up);
 - with `read_interval` > 0 acknowledgements are read at most once per interval, on a grid of
   multiples of it on the loop's clock (the connector's WebSocket reader uses the same grid),
   so a paced stream of acks costs one read per interval rather than one wake-up per ack
@@ -417,10 +418,11 @@ class JetStreamPublisher:
             elif self._flush_handle is None:
                 self._flush_handle = self._loop.call_later(self._flush_interval, self._flush)
 
-    def publish_many(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
+    def publish_many(self, items: list[tuple[bytes, bytes, bytes]], flush: bool = False) -> None:
         """`publish` for a batch of (subject, payload, msg_id), in order, with the same
         guarantees and less overhead per message (the connector publishes one socket read at
-        a time). Callers check `room` first and pass at most that many."""
+        a time). Callers check `room` first and pass at most that many. `flush`: write the
+        batch now rather than on the flush timer."""
         inflight = self._inflight
         ident = self._next_id
         limit = self._max_payload - 27  # 27: the header's fixed part
@@ -450,7 +452,7 @@ class JetStreamPublisher:
             self._room.clear()
         if connected:
             self._out_bytes += size
-            if self._out_bytes >= self._flush_bytes:
+            if flush or self._out_bytes >= self._flush_bytes:
                 self._flush()
             elif self._flush_handle is None:
                 self._flush_handle = self._loop.call_later(self._flush_interval, self._flush)
@@ -477,10 +479,6 @@ class JetStreamPublisher:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self._loop.call_later(self._flush_interval, self._flush)
-
-    def flush(self) -> None:
-        """Write everything queued now (a caller that publishes in batches ends each with this)."""
-        self._flush()
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
