@@ -730,3 +730,12 @@ class ArchiveWriter:
         entry.path = f"{final.parent.name}/{final.name}"
         manifest.files[entry.path] = entry
         report.parts += 1
+
+
+def finalize_shard(data_dir: Path, shard: str, stream: str) -> RecoveryReport:
+    """Finish, without an archiver, NATS or a consumer, what archivers of `shard` left under
+    `data_dir`: each `.part` keeps its complete members and gets its final name, and the
+    manifests account for everything on disk (`ArchiveWriter.recover`, as an archiver does at
+    start-up). For a shard whose archiver had to be killed and which may never run again (a
+    shard removed at a day roll). Never while an archiver of the shard is running."""
+    return ArchiveWriter(data_dir, shard, stream, rotation=3600.0).recover()

@@ -46,8 +46,13 @@ Delivery and acknowledgement (at least once: nothing acknowledged is ever lost):
   whatever the backlog: one pull request at a time (at most `batch_size` messages and
   `max_bytes` bytes), one round being written, so at most two rounds in hand; the writer's
   open files are bounded by the types seen (at most `max_open`); every cache is bounded.
-- SIGTERM: stop asking for more, finish the batch in hand, write, fsync, ack, rename every
-  open file to its final name, write the manifests, exit 0.
+- SIGTERM (or SIGINT), whenever it comes: stop asking for more, let the open request end
+  (at most `expires`), write and fsync what is in hand, ack, rename every open file to its
+  final name, write the manifests, exit 0. During start-up (connecting, checking the stream,
+  resyncing the consumer, NATS unreachable) the step under way is abandoned — except the
+  few JetStream calls between a resync's consumer delete and its re-creation — and the
+  process stops the same way: a clean stop takes at most one request's expiry, one write
+  and its fsync, and the final renames (every step after those has a time limit).
 
 Reports: Prometheus `/metrics` and `/healthz` (`runtime/health.py`); Redis hash
 `{env}:shard:{shard}:archiver` (messages, bytes, files, lag, …) with a TTL. Redis being down
@@ -60,15 +65,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
-import nats
 import redis.asyncio as aioredis
 import typer
 from nats.aio.client import Client as NatsClient
@@ -99,6 +105,12 @@ _MSG_ID_HEADER = re.compile(
     rb"NATS/1\.0\r\nNats-Msg-Id: ?([\x20\x21\x23-\x5b\x5d-\x7e]*)\r\n\r\n\Z"
 )
 _RAW = msgspec.json.Decoder(msgspec.Raw)  # validates JSON without building objects
+_T = TypeVar("_T")
+CLOSE_TIMEOUT = 2.0  # each shutdown step after the files are closed (reports, connections)
+
+
+class _StopRequested(Exception):
+    """A stop was asked for while a start-up (or resync) step was under way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +237,8 @@ class Archiver:
                 r.unlisted,
                 r.lines,
             )
-        await self._connect_control()
         try:
+            await self._connect_control()
             await self._check_stream()
             await self._ensure_consumer()
             if self._metrics_port is not None:
@@ -252,6 +264,8 @@ class Archiver:
                 self.data_dir,
             )
             await self._stopping.wait()
+        except _StopRequested:
+            log.info("stop requested during start-up: stopping before archiving")
         finally:
             await self._shutdown()
         if self._failed is not None:
@@ -260,6 +274,27 @@ class Archiver:
     def stop(self) -> None:
         """Ask `run()` to finish cleanly (safe from a signal handler)."""
         self._stopping.set()
+
+    async def _unless_stopped(self, step: Awaitable[_T]) -> _T:
+        """`step`, abandoned (cancelled) if a stop is asked for first: `_StopRequested`.
+        Only for steps that may be abandoned half-way (connecting, reading state, creating
+        the consumer — a later start finds it created or not, both fine)."""
+        task = asyncio.ensure_future(step)
+        if not self._stopping.is_set():
+            stop = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                task.cancel()
+                raise
+            finally:
+                stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task  # let it unwind (a connection attempt closes its socket)
+        raise _StopRequested
 
     @property
     def port(self) -> int | None:
@@ -288,25 +323,31 @@ class Archiver:
                 await _cancel(consume)
         for task in self._tasks:
             await _cancel(task)
-        if self._writing is not None:  # never two threads on the writer
-            await asyncio.wait([self._writing])
+        writing = self._writing
+        if writing is not None:  # cancelled while it waited: never two threads on the writer
+            await asyncio.wait([writing])
+            if self._failed is None and (writing.cancelled() or writing.exception()):
+                self._failed = SsmdError(f"cannot write the archive under {self.data_dir}")
         if self._failed is None:
             closed = await asyncio.to_thread(self.writer.close)
             log.info("closed %d file(s); manifests written", closed)
         else:  # a write may have failed half-way: leave the .part files to recovery
             self.writer.abandon()
+        # from here on nothing is at stake but reports and sockets: every step is bounded
         await self.pull.flush(1.0)  # the last ack reaches the server before we go
         await self.pull.close()
-        with contextlib.suppress(Exception):
-            await self._report_redis()
+        if consume is not None:  # it ran: its last figures
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._report_redis(), CLOSE_TIMEOUT)
         if self._redis is not None:
             with contextlib.suppress(Exception):
-                await self._redis.aclose()
+                await asyncio.wait_for(self._redis.aclose(), CLOSE_TIMEOUT)
         if self._nc is not None:
             with contextlib.suppress(Exception):
-                await self._nc.close()
+                await asyncio.wait_for(self._nc.close(), CLOSE_TIMEOUT)
         if self.health is not None:
-            await self.health.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.health.stop(), CLOSE_TIMEOUT)
         log.info(
             "archiver stopped: %d archived, last acked sequence %d",
             self.stats.archived,
@@ -319,15 +360,20 @@ class Archiver:
         async def quiet(exc: Exception) -> None:
             log.debug("nats (control): %s", exc)
 
+        self._nc = NatsClient()  # ours before it connects: `_shutdown` closes it either way
         try:
-            self._nc = await nats.connect(
-                self._nats_url,
-                name=f"ssmd-archiver-{self.shard}-control",
-                connect_timeout=2,
-                max_reconnect_attempts=2,
-                reconnect_time_wait=0.5,
-                error_cb=quiet,
+            await self._unless_stopped(
+                self._nc.connect(
+                    self._nats_url,
+                    name=f"ssmd-archiver-{self.shard}-control",
+                    connect_timeout=2,
+                    max_reconnect_attempts=2,
+                    reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float sleeps fine
+                    error_cb=quiet,
+                )
             )
+        except _StopRequested:
+            raise
         except Exception as exc:
             raise SsmdError(f"cannot connect to NATS at {self._nats_url}: {exc}") from None
         # connected once: from now on keep reconnecting through outages
@@ -340,7 +386,7 @@ class Archiver:
 
     async def _check_stream(self) -> None:
         try:
-            await self._jetstream().stream_info(self.stream)
+            await self._unless_stopped(self._jetstream().stream_info(self.stream))
         except NotFoundError:
             raise SsmdError(
                 f"stream {self.stream} does not exist on {self._nats_url}: create the "
@@ -364,9 +410,11 @@ class Archiver:
     async def _ensure_consumer(self) -> None:
         js = self._jetstream()
         try:
-            info = await js.consumer_info(self.stream, self.consumer)
+            info = await self._unless_stopped(js.consumer_info(self.stream, self.consumer))
         except NotFoundError:
-            info = await js.add_consumer(self.stream, self._consumer_config(None))
+            info = await self._unless_stopped(
+                js.add_consumer(self.stream, self._consumer_config(None))
+            )
             log.info("created consumer %s on %s", self.consumer, self.stream)
         else:
             config = info.config
@@ -401,12 +449,18 @@ class Archiver:
             self.pull.ack(self._last_ack)
         await self.pull.flush()
         try:
-            floor = _ack_floor(await js.consumer_info(self.stream, self.consumer))
+            floor = _ack_floor(
+                await self._unless_stopped(js.consumer_info(self.stream, self.consumer))
+            )
         except NotFoundError:
             # gone (deleted from outside, or a resync that crashed half-way): its position
             # is unknown, and after a stream replacement so is the meaning of our last ack;
             # from the start of the stream, then: duplicates, never loss
             floor = 0
+        if self._stopping.is_set():  # nothing changed yet: the next start resyncs
+            raise _StopRequested
+        # from the delete to the re-creation, no stop interrupts (each call has a time limit):
+        # a consumer left deleted would make the next start archive the whole stream again
         log.warning(
             "resync of %s (%s): starting again after sequence %d", self.consumer, reason, floor
         )
@@ -449,16 +503,19 @@ class Archiver:
             if pull.consumer_gone:  # deleted or never there: recreate it (a resync)
                 pull.consumer_gone = False
                 self._expected_dseq = 0
-            if pull.connected and self._expected_dseq == 0:
+            if self._expected_dseq == 0 and (pull.connected or stopping):
                 await self._finish_write()
+                if stopping:  # what is unacked is delivered again at the next start's resync
+                    return
                 try:
                     await self._resync("deliveries this process did not receive")
+                except _StopRequested:
+                    return
                 except Exception as exc:  # NATS away: try again shortly
                     log.warning("resync failed (%s); retrying", exc)
                     self._expected_dseq = 0
-                    if stopping:
-                        return
-                    await asyncio.sleep(1.0)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), 1.0)
                     continue
                 deadline = None
                 continue
@@ -507,13 +564,18 @@ class Archiver:
         if future is None or batch is None:
             return
         try:
-            await future
+            # shielded: cancelling the loop (a stop that overran) must not abandon the write
+            # half-way while `_shutdown` closes the files in another thread; it waits for it
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            raise
         except OSError as exc:
-            self.stats.write_errors += 1
-            raise SsmdError(f"cannot write the archive under {self.data_dir}: {exc}") from exc
-        finally:
             self._writing = None
             self._written = None
+            self.stats.write_errors += 1
+            raise SsmdError(f"cannot write the archive under {self.data_dir}: {exc}") from exc
+        self._writing = None
+        self._written = None
         self.stats.archived += batch.count
         self.stats.batches += 1
         if batch.ack_reply is None:
@@ -833,18 +895,25 @@ class _ArchiverCollector(Collector):
 # -- `ssmd run archiver ENV SHARD` -----------------------------------------------------------
 
 
-async def run_archiver(archiver: Archiver) -> None:
-    """Run with SIGTERM/SIGINT wired to a clean stop (finish the batch, fsync, rename, exit 0)."""
-    import signal
-
+async def run_archiver(archiver: Archiver, early_signals: Sequence[int] = ()) -> None:
+    """Run with SIGTERM/SIGINT wired to a clean stop (finish the batch, fsync, rename, exit 0).
+    `early_signals`: those received before the loop could take them (see `archiver_command`),
+    read once the loop's handlers are in place, so none falls between the two."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, archiver.stop)
+    if early_signals:
+        log.info("stop requested during start-up (signal %d)", early_signals[0])
+        archiver.stop()
     try:
         await archiver.run()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)  # the stop is under way: nothing more to do
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def archiver_command(
@@ -869,6 +938,10 @@ def archiver_command(
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
     """Drain one shard's stream into gzip JSONL files (at least once, fsync before ack)."""
+    # from the first moment: a SIGTERM during start-up is a clean stop, not a death by signal
+    early_signals: list[int] = []
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: early_signals.append(signum))
     from ssmd_infra.environment import load_environment
 
     level = log_level.upper()
@@ -881,6 +954,7 @@ def archiver_command(
     if not 0 <= metrics_port <= 65535:
         raise ConfigError(f"--metrics-port {metrics_port}: not a port")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("archiver of shard %s starting (pid %d)", shard, os.getpid())
     environment = load_environment(env)
     environment.shard(shard)
     try:
@@ -899,7 +973,7 @@ def archiver_command(
             batch_size=batch_size,
             rotation=rotation,
         )
-        await run_archiver(archiver)
+        await run_archiver(archiver, early_signals)
 
     import uvloop
 

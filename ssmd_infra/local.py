@@ -476,6 +476,29 @@ class LocalPipeline:
         for child in targets:
             await asyncio.to_thread(child.wait, DRAIN_TIMEOUT)
         self.children = [c for c in self.children if c not in targets]
+        await self._finalize_archives(sorted({c.shard for c in targets if c.proc.returncode}))
+
+    async def _finalize_archives(self, shards: list[str]) -> None:
+        """An archiver that did not exit cleanly (killed after DRAIN_TIMEOUT) left its open
+        files as `.part`: finish them as its next start would, since a shard removed at a roll
+        never starts again. Only for stopped shards: no archiver of theirs is running."""
+        from runtime.archive_files import finalize_shard
+
+        for shard in shards:
+            try:
+                report = await asyncio.to_thread(
+                    finalize_shard, self.data_dir, shard, internal_stream(shard)
+                )
+            except OSError as exc:
+                self.console.print(
+                    f"archiver {shard}: its open files stay .part: {exc}", markup=False
+                )
+                continue
+            self.console.print(
+                f"archiver {shard} did not stop cleanly: {report.parts} file(s) it left open "
+                f"finalised ({report.lines} lines accounted for)",
+                markup=False,
+            )
 
     async def quiesce_exchange(self) -> None:
         """Stop the simulator generating, so the rest can drain to a fixed total."""

@@ -674,3 +674,253 @@ def test_bad_inputs_are_clear_errors(nats_url: str, tmp_path: Path) -> None:
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         assert expected in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+# -- SIGTERM in awkward states: a clean exit, whatever the process is doing ---------------------
+#
+# `ssmd local up` gives an archiver DRAIN_TIMEOUT after SIGTERM, then kills it. Whatever state
+# the signal finds — starting, connecting to a NATS that does not answer, resyncing, NATS gone,
+# mid-stream under load — the process must exit 0 with every file under its final name and
+# the manifests complete. Time limits here are generous: the behaviour is asserted, not speed.
+
+STOP_TIMEOUT = 60.0
+
+
+async def _exit_code(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int | None:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return proc.poll()
+
+
+async def _sigterm(proc: subprocess.Popen[bytes]) -> int | None:
+    proc.send_signal(signal.SIGTERM)
+    return await _exit_code(proc)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+async def _logged(log: Path, text: str) -> None:
+    await eventually(
+        lambda: log.is_file() and text in log.read_text(errors="replace"),
+        f"{text!r} in {log.name}",
+        timeout=STOP_TIMEOUT,
+    )
+
+
+def _consistent_archive(shard: Shard) -> set[int]:
+    """No `.part` left, every final file complete, and every day's manifest lists exactly
+    the final files on disk and accounts for exactly their lines and sequences. Returns the
+    sequences archived."""
+    assert shard.parts() == [], "files left under .part names"
+    lines = shard.lines()
+    listed = 0
+    for day in shard.day_dirs():
+        manifest = json.loads((day / "manifest.json").read_text())
+        assert manifest["open"] == []
+        on_disk = {f"{p.parent.name}/{p.name}" for p in day.glob("*/*.jsonl.gz")}
+        assert {e["path"] for e in manifest["files"]} == on_disk
+        day_lines = [line for path, line in lines if path.parent.parent == day]
+        assert manifest["lines"] == len(day_lines) == sum(e["lines"] for e in manifest["files"])
+        covered = {s for start, end in manifest["seq_ranges"] for s in range(start, end + 1)}
+        assert covered == {line["seq"] for line in day_lines}
+        listed += manifest["lines"]
+    assert listed == len(lines)
+    return {line["seq"] for _, line in lines}
+
+
+async def _leave_unacked_deliveries(shard: Shard, count: int) -> None:
+    """A previous process took `count` deliveries and died: the next start must resync."""
+    nc = await nats.connect(shard.nats_url)
+    try:
+        js = nc.jetstream()
+        await js.add_consumer(
+            shard.stream,
+            ConsumerConfig(
+                durable_name=consumer_name(shard.name), ack_policy=AckPolicy.ALL, ack_wait=60
+            ),
+        )
+        sub = await js.pull_subscribe_bind(consumer_name(shard.name), shard.stream)
+        assert len(await sub.fetch(count, timeout=5)) == count
+    finally:
+        await nc.close()
+
+
+async def test_sigterm_at_any_step_of_start_up_is_a_clean_exit(shard: Shard) -> None:
+    """From its first log line on — loading the environment, recovering files, connecting,
+    resyncing a consumer a dead process left with deliveries outstanding, starting to fetch —
+    a SIGTERM stops the archiver cleanly, and the next start still archives everything."""
+    await shard.publish(300)
+    await _leave_unacked_deliveries(shard, 50)
+    shard.data.mkdir(parents=True, exist_ok=True)
+    for i, delay in enumerate((0.0, 0.05, 0.15, 0.3, 0.6, 1.0)):
+        log = shard.data.parent / f"archiver-{i}.log"
+        proc = _start(shard.command("--metrics-port", "0", "--batch-size", "20"), log)
+        try:
+            await _logged(log, "starting")
+            await asyncio.sleep(delay)
+            code = await _sigterm(proc)
+            assert code == 0, (delay, code, log.read_text())
+        finally:
+            _reap(proc)
+        _consistent_archive(shard)
+    log = shard.data.parent / "archiver-last.log"
+    proc = _start(shard.command("--metrics-port", "0"), log)
+    try:
+        await _logged(log, "started")
+        await eventually(lambda: _await_floor(shard, 300), "all acked", timeout=STOP_TIMEOUT)
+        assert await _sigterm(proc) == 0
+    finally:
+        _reap(proc)
+    assert _consistent_archive(shard) == set(range(1, 301))
+
+
+async def test_sigterm_while_nats_does_not_answer_is_a_clean_exit(shard: Shard) -> None:
+    """A NATS that accepts the connection and says nothing (stalled, overloaded): the
+    connection attempt is abandoned at SIGTERM — exit 0, not a connection error after its
+    retries — and the `.part` a killed predecessor left is still finalised."""
+    import socket
+
+    day = shard.data / "kalshi" / "2024-12-05" / shard.name
+    (day / "trade").mkdir(parents=True)
+    part = day / "trade" / "trade-20241205T000000Z-1.jsonl.gz.part"
+    part.write_bytes(
+        archive_files.gzip_member(
+            b"".join(b'{"seq":%d,"id":"m%d","frame":{}}\n' % (s, s) for s in range(1, 11))
+        )
+    )
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        command = shard.command("--metrics-port", "0")
+        command[command.index("--nats-url") + 1] = f"nats://127.0.0.1:{silent.getsockname()[1]}"
+        log = shard.data.parent / "archiver.log"
+        proc = _start(command, log)
+        try:
+            await _logged(log, "starting")
+            await asyncio.sleep(0.5)  # connecting: each attempt waits 2 s for the server
+            code = await _sigterm(proc)
+        finally:
+            _reap(proc)
+    text = log.read_text()
+    assert code == 0, text
+    assert "cannot connect" not in text
+    assert _consistent_archive(shard) == set(range(1, 11))
+
+
+async def test_sigterm_with_nats_gone_is_a_clean_exit(tmp_path: Path) -> None:
+    """NATS went away mid-run (both connections retrying): the files still get their final
+    names and the manifests; what was acked is archived."""
+    server = start_nats(tmp_path / "nats")
+    try:
+        shard = await Shard(server.url, tmp_path).create()
+        await shard.publish(500)
+        shard.data.mkdir(parents=True, exist_ok=True)
+        log = tmp_path / "archiver.log"
+        proc = _start(shard.command("--metrics-port", "0", "--batch-size", "50"), log)
+        try:
+            await eventually(lambda: _await_floor(shard, 500), "acked", timeout=STOP_TIMEOUT)
+            server.kill()
+            await _logged(log, "lost the NATS connection")
+            code = await _sigterm(proc)
+            assert code == 0, log.read_text()
+        finally:
+            _reap(proc)
+    finally:
+        server.stop()
+    assert _consistent_archive(shard) == set(range(1, 501))
+
+
+async def test_sigterm_while_a_resync_keeps_failing_is_a_clean_exit(shard: Shard) -> None:
+    """The stream deleted from outside: the consumer is gone and every resync fails, retried
+    every second. A SIGTERM ends the retries: exit 0, files final, manifests complete."""
+    await shard.publish(200)
+    shard.data.mkdir(parents=True, exist_ok=True)
+    log = shard.data.parent / "archiver.log"
+    proc = _start(shard.command("--metrics-port", "0", "--batch-size", "50"), log)
+    try:
+        await eventually(lambda: _await_floor(shard, 200), "acked", timeout=STOP_TIMEOUT)
+        nc = await nats.connect(shard.nats_url)
+        try:
+            await nc.jetstream().delete_stream(shard.stream)
+        finally:
+            await nc.close()
+        await _logged(log, "resync failed")
+        code = await _sigterm(proc)
+        assert code == 0, log.read_text()
+    finally:
+        _reap(proc)
+    assert _consistent_archive(shard) == set(range(1, 201))
+
+
+async def test_sigterm_mid_stream_under_load_is_a_clean_exit(shard: Shard) -> None:
+    """Messages arriving all along, small batches, a request and a write in flight: each
+    SIGTERM gives exit 0, final files and complete manifests, and never an ack beyond what
+    is archived; the last start archives the rest."""
+    shard.data.mkdir(parents=True, exist_ok=True)
+    feed = asyncio.create_task(_feed(shard, batches=60, size=100))
+    try:
+        for i in range(3):
+            floor_before = (await shard.consumer_state())[0]
+            log = shard.data.parent / f"archiver-{i}.log"
+            proc = _start(shard.command("--metrics-port", "0", "--batch-size", "20"), log)
+            try:
+                await eventually(
+                    lambda f=floor_before: _await_floor(shard, f + 200),
+                    "progress under load",
+                    timeout=STOP_TIMEOUT,
+                )
+                code = await _sigterm(proc)
+                assert code == 0, log.read_text()
+            finally:
+                _reap(proc)
+            seqs = _consistent_archive(shard)
+            floor = (await shard.consumer_state())[0]
+            assert set(range(1, floor + 1)) <= seqs, "acked but not archived"
+        await feed
+    finally:
+        feed.cancel()
+    total = len(shard.sent)
+    log = shard.data.parent / "archiver-last.log"
+    proc = _start(shard.command("--metrics-port", "0"), log)
+    try:
+        await _logged(log, "started")
+        await eventually(lambda: _await_floor(shard, total), "all acked", timeout=STOP_TIMEOUT)
+        assert await _sigterm(proc) == 0
+    finally:
+        _reap(proc)
+    assert _consistent_archive(shard) == set(range(1, total + 1))
+    ids = {line["id"] for _, line in shard.lines()}
+    assert ids == set(shard.sent)
+
+
+async def test_an_archiver_the_local_pipeline_kills_has_its_part_files_finalised(
+    shard: Shard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An archiver that does not exit within the drain timeout (here: stopped with SIGSTOP)
+    is killed by `ssmd local up`, leaving `.part` files; for a shard removed at a roll no
+    archiver starts again, so the pipeline finalises them itself."""
+    from ssmd_infra import local
+
+    await shard.publish(300)
+    shard.data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = shard.data.parent / "archiver.log"
+    proc = _start(shard.command("--metrics-port", str(port), "--batch-size", "50"), log)
+    pipeline = local.LocalPipeline(str(shard.env_file), shard.data, nats_url=shard.nats_url)
+    pipeline.children.append(local.Child("archiver", shard.name, proc, port, log))
+    try:
+        await eventually(lambda: _await_floor(shard, 300), "acked", timeout=STOP_TIMEOUT)
+        assert shard.parts(), "rotation is an hour: its files are open"
+        proc.send_signal(signal.SIGSTOP)  # hung: SIGTERM cannot stop it in time
+        monkeypatch.setattr(local, "DRAIN_TIMEOUT", 3.0)
+        await pipeline._stop_archivers({shard.name})
+        assert proc.returncode == -signal.SIGKILL
+        assert pipeline.children == []
+    finally:
+        _reap(proc)
+    assert _consistent_archive(shard) == set(range(1, 301))
