@@ -6,8 +6,8 @@ and exit 1; nothing else is caught, so a bug still shows its traceback.
 
 from __future__ import annotations
 
-import functools
 import sys
+from collections.abc import Callable
 
 import typer
 from rich.console import Console
@@ -24,25 +24,57 @@ app = typer.Typer(
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-@functools.cache
-def _register() -> None:
-    """Attach the sub-apps once per process (imported here: `ssmd --help` stays light)."""
-    from .cli_reshard import day_app, register
+def _shard_app() -> typer.Typer:
+    from .cli_reshard import register
     from .cli_shard import shard_app
 
     register(shard_app)  # shard rates | plan | apply | rollback
-    app.add_typer(shard_app, name="shard")
-    app.add_typer(day_app, name="day")
+    return shard_app
+
+
+def _day_app() -> typer.Typer:
+    from .cli_reshard import day_app
+
+    return day_app
+
+
+def _run_app() -> typer.Typer:
     from runtime.cli import run_app
 
-    app.add_typer(run_app, name="run")
+    return run_app
+
+
+def _local_app() -> typer.Typer:
     from .cli_local import local_app
 
-    app.add_typer(local_app, name="local")
+    return local_app
+
+
+# Each sub-app is imported only when its group is asked for: the runtime processes
+# (`ssmd run connector|archiver`) then start without importing the reshard and Pulumi
+# machinery, which keeps their start-up (and the window before their signal handlers) short.
+GROUPS: dict[str, Callable[[], typer.Typer]] = {
+    "shard": _shard_app,
+    "day": _day_app,
+    "run": _run_app,
+    "local": _local_app,
+}
+
+
+_registered: set[str] = set()
+
+
+def _register(group: str | None = None) -> None:
+    """Attach `group`'s sub-app, or every sub-app (for help and unknown commands), once."""
+    for name, load in GROUPS.items():
+        if (group is None or name == group) and name not in _registered:
+            app.add_typer(load(), name=name)
+            _registered.add(name)
 
 
 def main(argv: list[str] | None = None) -> None:
-    _register()
+    args = sys.argv[1:] if argv is None else argv
+    _register(args[0] if args and args[0] in GROUPS else None)
     try:
         app(args=argv, standalone_mode=True)
     except SsmdError as exc:

@@ -456,14 +456,17 @@ class LocalPipeline:
             nc = await nats.connect(self.nats_url, connect_timeout=1, max_reconnect_attempts=0)
             try:
                 js = nc.jetstream()
-                pending = {c.shard for c in targets}
+                by_shard = {c.shard: c for c in targets}
+                pending = set(by_shard)
                 while pending and time.monotonic() < deadline:
                     for shard in sorted(pending):
                         try:
                             info = await js.consumer_info(
                                 internal_stream(shard), f"archiver-{shard}"
                             )
-                        except NotFoundError:
+                        except NotFoundError:  # still starting: wait; dead: nothing to drain
+                            if not by_shard[shard].alive:
+                                pending.discard(shard)
                             continue
                         if info.num_pending == 0 and info.num_ack_pending == 0:
                             pending.discard(shard)
