@@ -2,7 +2,8 @@
 
 Why not `websockets.asyncio`: its `recv()` hands over one message per call, through a queue
 and a future, so every frame of a paced feed costs a task wake-up on top of the socket read
-(measured ≈ 22 µs per message at 10k msg/s, more than the rest of the connector). Here the
+(its receive alone measured 11–22 µs per message at 10k msg/s here, depending on the
+machine's load; see docs/BENCHMARKS.md, "Connector"). Here the
 event loop calls `data_received` with whatever the socket had; websockets'
 `ClientProtocol` (the same frame parser, handshake and closing logic the asyncio client
 uses) turns it into frames, and every complete message of that read is handed to
@@ -22,8 +23,8 @@ What this layer does and does not do:
   the next multiple of `read_interval` on the loop's clock, so a busy feed is read in a few
   large reads rather than many small ones. On this kind of machine each wake-up of the
   process costs as much CPU as parsing several frames, so this is the main saving at a paced
-  rate; it adds at most `read_interval` of latency, and none to a message arriving on a
-  quiet connection. The grid is shared with the publisher's acknowledgement reads, so both
+  rate; it adds at most `read_interval` of latency, and none to the first message after
+  the socket was idle for an interval. The grid is shared with the publisher's acknowledgement reads, so both
   sockets are served in the same wake-up;
 - liveness: `activity` is set on every read, for the owner's staleness check; `ping()`
   sends a ping (any frame the server sends back counts as activity);
