@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import eventually
 
 from runtime import archive_files
 from runtime.archiver import Archiver, consumer_name
@@ -165,21 +166,6 @@ class Shard:
 @pytest.fixture
 async def shard(nats_url: str, tmp_path: Path) -> Shard:
     return await Shard(nats_url, tmp_path).create()
-
-
-async def eventually(
-    check: Callable[[], bool] | Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

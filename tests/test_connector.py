@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import eventually
 
 from runtime.connector import Connector, signer_from_environment
 from runtime.kalshi.auth import generate_key_pair
@@ -126,21 +126,6 @@ class Setup:
                 return
             last = seen
             await asyncio.sleep(0.2)
-
-
-async def eventually(
-    check: Callable[[], bool] | Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 async def make_setup(

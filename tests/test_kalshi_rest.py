@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from waiting import eventually
 
 from runtime.connector import Connector
 from runtime.kalshi.auth import KalshiSigner, generate_key_pair
@@ -77,14 +77,6 @@ async def sim() -> AsyncIterator[KalshiSimulator]:
 
 def source(sim: KalshiSimulator, **options: Any) -> KalshiRestSource:
     return KalshiRestSource(sim.rest_url, **{"page_limit": 25, **FAST, **options})
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 # -- listing ----------------------------------------------------------------------------------

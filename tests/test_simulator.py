@@ -9,12 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from waiting import eventually
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
@@ -29,15 +30,6 @@ MARKETS = {
     "FED-25DEC-T4.25": {"category": "economics", "series": "FED", "event": "FED-25DEC"},
     "BTCUSD": {"category": "crypto"},
 }
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for `condition` (a test waits for behaviour, it does not measure time)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -148,7 +140,7 @@ async def test_one_event_is_fanned_out_byte_identical_to_every_subscriber(
         assert (await recv(a))["msg"]["sid"] == 1
         assert [(await recv(b))["msg"]["sid"] for _ in range(2)] == [1, 2]
         sim.resume()
-        await until(lambda: sim.sent[("trade", DOTTED)] >= 20)
+        await eventually(lambda: sim.sent[("trade", DOTTED)] >= 20)
         sim.pause()
         total = sim.sent[("trade", DOTTED)]
         raw_a = [
@@ -330,7 +322,7 @@ async def test_sent_ids_are_bounded_by_record_limit() -> None:
                 cmd="subscribe",
                 params={"channels": ["trade", "ticker"], "market_tickers": list(MARKETS)},
             )
-            await until(lambda: simulator.stats()["generated"] > 30)
+            await eventually(lambda: simulator.stats()["generated"] > 30)
         assert len(simulator.sent_ids) == 10
     finally:
         await simulator.stop()
