@@ -90,6 +90,7 @@ from runtime.health import HealthServer
 from runtime.jspull import Delivery, PullClient
 from runtime.membership import redis_client
 from runtime.procstats import ProcStats
+from runtime.tasks import cancel
 from ssmd_infra import redis_keys
 from ssmd_infra.environment import Environment
 from ssmd_infra.errors import ConfigError, SsmdError
@@ -320,9 +321,9 @@ class Archiver:
             try:  # the loop sees `_stopping`, finishes its batch, acks and returns
                 await asyncio.wait_for(asyncio.shield(consume), self._expires + 10.0)
             except (TimeoutError, Exception):
-                await _cancel(consume)
+                await cancel(consume)
         for task in self._tasks:
-            await _cancel(task)
+            await cancel(task)
         writing = self._writing
         if writing is not None:  # cancelled while it waited: never two threads on the writer
             await asyncio.wait([writing])
@@ -817,14 +818,6 @@ def _ack_fields(reply: bytes) -> tuple[int, int]:
     if len(parts) == 9:
         return int(parts[5]), int(parts[6])
     return int(parts[7]), int(parts[8])
-
-
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is None or task.done():
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
 
 
 class _ArchiverCollector(Collector):

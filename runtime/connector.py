@@ -47,6 +47,7 @@ from runtime.kalshi.protocol import Frame
 from runtime.membership import Membership, redis_client
 from runtime.procstats import ProcStats
 from runtime.publisher import JetStreamPublisher
+from runtime.tasks import cancel
 from ssmd_infra import redis_keys
 from ssmd_infra.environment import Environment
 from ssmd_infra.errors import ConfigError, SsmdError
@@ -425,7 +426,7 @@ class Connector:
     async def _shutdown(self) -> None:
         tasks = {t.get_name(): t for t in self._tasks}
         for name in ("heartbeat", "secmaster", "rate"):
-            await _cancel(tasks.get(name))
+            await cancel(tasks.get(name))
         if self._failed is None and self.membership.known and self.membership.others():
             # hand over: survivors see us gone at their next heartbeat and subscribe first
             await self.membership.leave()
@@ -439,7 +440,7 @@ class Connector:
             try:
                 await asyncio.wait_for(asyncio.shield(client_task), 5.0)
             except (TimeoutError, Exception):
-                await _cancel(client_task)
+                await cancel(client_task)
         self._stopped = True
         self.buffer.close()
         drain = tasks.get("buffer-drain")
@@ -447,7 +448,7 @@ class Connector:
             try:
                 await asyncio.wait_for(asyncio.shield(drain), self._drain_timeout)
             except TimeoutError:
-                await _cancel(drain)
+                await cancel(drain)
         if not await self.publisher.drain(self._drain_timeout):
             log.error("stopping with %d messages unacknowledged by NATS", self.publisher.inflight)
         await self.publisher.close()
@@ -610,14 +611,6 @@ def _text(value: bytes | str) -> str:
 def _mean(values: Iterable[float]) -> float:
     items = list(values)
     return round(sum(items) / len(items), 2) if items else 0.0
-
-
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is None or task.done():
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
 
 
 class _ConnectorCollector(Collector):

@@ -37,16 +37,24 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from runtime.publisher import ServerAddress, parse_servers
+from runtime.natswire import (
+    CRLF,
+    PING,
+    PONG,
+    ServerAddress,
+    check_info,
+    connect_and_subscribe,
+    error_text,
+    parse_servers,
+    set_info,
+)
+from runtime.tasks import cancel_all
 
 log = logging.getLogger("ssmd.archiver.wire")
 
 # (subject, ack reply subject, header block or b"", payload)
 Delivery = tuple[bytes, bytes, bytes, bytes]
 
-_CRLF = b"\r\n"
-_PING = b"PING\r\n"
-_PONG = b"PONG\r\n"
 _ACK_PREFIX = b"$JS.ACK."
 # `HMSG subject sid [reply] hdr_len total_len` / `MSG subject sid [reply] size`
 _HMSG = re.compile(rb"HMSG ([^ \r\n]+) \d+ (?:([^ \r\n]+) )?(\d+) (\d+)\r\n")
@@ -103,13 +111,13 @@ class _Wire(asyncio.Protocol):
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pings += 1
         self.pong_waiters.append((self.pings, future))
-        self.write(_PING)
+        self.write(PING)
         return future
 
     def keepalive(self) -> None:
         """A PING nobody waits for (the ping loop counts unanswered ones)."""
         self.pings += 1
-        self.write(_PING)
+        self.write(PING)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf + data if self._buf else data  # bytes: slices of it are bytes
@@ -137,7 +145,7 @@ class _Wire(asyncio.Protocol):
                     owner._on_status(found[1], buf[start:hdr_end])
                 pos = stop + 2
                 continue
-            end = buf.find(_CRLF, pos)
+            end = buf.find(CRLF, pos)
             if end < 0:
                 break
             if buf[pos] == 0x4D:  # MSG: a message stored without headers
@@ -159,7 +167,7 @@ class _Wire(asyncio.Protocol):
             line = buf[pos:end]
             pos = end + 2
             if line == b"PING":
-                self.write(_PONG)
+                self.write(PONG)
             elif line == b"PONG":
                 self.outstanding_pings = 0
                 self.pongs += 1
@@ -168,13 +176,9 @@ class _Wire(asyncio.Protocol):
                     if not future.done():
                         future.set_result(None)
             elif line.startswith(b"INFO "):
-                if not self.info.done():
-                    try:
-                        self.info.set_result(json.loads(line[5:]))
-                    except ValueError:
-                        self.info.set_exception(ConnectionError("malformed INFO from server"))
+                set_info(self.info, line)
             elif line.startswith(b"-ERR"):
-                self.error = line[5:].strip(b" '").decode("utf-8", "replace")
+                self.error = error_text(line)
                 log.warning("nats server error: %s", self.error)
         self._buf = buf[pos:]
         if got:
@@ -343,11 +347,7 @@ class PullClient:
 
     async def close(self) -> None:
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks.clear()
         wire = self._wire
         self._wire = None
@@ -415,34 +415,9 @@ class PullClient:
         )
         try:
             info = await wire.info
-            if info.get("tls_required"):
-                raise ConnectionError("the server requires TLS, which the archiver does not speak")
-            if not info.get("headers", False):
-                raise ConnectionError("the server does not support message headers (NATS ≥ 2.2)")
+            check_info(info, "the archiver")
             self.max_payload = int(info.get("max_payload", self.max_payload))
-            options: dict[str, Any] = {
-                "verbose": False,
-                "pedantic": False,
-                "headers": True,
-                "no_responders": True,
-                "protocol": 1,
-                "lang": "python-ssmd",
-                "version": "1",
-                "name": self._name,
-            }
-            if server.user is not None:
-                options["user"] = server.user
-                options["pass"] = server.password or ""
-            if server.token is not None:
-                options["auth_token"] = server.token
-            wire.write(
-                b"CONNECT "
-                + json.dumps(options).encode()
-                + _CRLF
-                + b"SUB "
-                + self._inbox.encode()
-                + b".* 1\r\n"
-            )
+            wire.write(connect_and_subscribe(server, self._name, self._inbox))
             await wire.ping()
         except BaseException:
             if wire.transport is not None:

@@ -32,8 +32,6 @@ several servers (tried in turn). TLS is not spoken by this publisher.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import math
 import os
@@ -42,56 +40,21 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
 
-from ssmd_infra.errors import ConfigError
+from runtime.natswire import (
+    CRLF,
+    PING,
+    PONG,
+    ServerAddress,
+    check_info,
+    connect_and_subscribe,
+    error_text,
+    parse_servers,
+    set_info,
+)
+from runtime.tasks import cancel_all
 
 log = logging.getLogger("ssmd.publisher")
-
-_CRLF = b"\r\n"
-_PING = b"PING\r\n"
-_PONG = b"PONG\r\n"
-
-
-@dataclass(frozen=True, slots=True)
-class ServerAddress:
-    host: str
-    port: int
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-
-    def __str__(self) -> str:
-        return f"nats://{self.host}:{self.port}"
-
-
-def parse_servers(urls: str) -> list[ServerAddress]:
-    """`nats://host:port[,nats://...]` → addresses; a clear `ConfigError` for anything else."""
-    out: list[ServerAddress] = []
-    for raw in (part.strip() for part in urls.split(",")):
-        if not raw:
-            continue
-        parts = urlsplit(raw if "://" in raw else f"nats://{raw}")
-        if parts.scheme != "nats":
-            raise ConfigError(
-                f"NATS URL {raw!r}: scheme {parts.scheme!r} is not supported "
-                f"by the connector's publisher (use nats://host:port)"
-            )
-        try:
-            port = parts.port or 4222
-        except ValueError:
-            raise ConfigError(f"NATS URL {raw!r}: bad port") from None
-        if not parts.hostname:
-            raise ConfigError(f"NATS URL {raw!r}: no host")
-        user = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password else None
-        token = None
-        if user is not None and password is None:
-            token, user = user, None
-        out.append(ServerAddress(parts.hostname, port, user, password, token))
-    if not out:
-        raise ConfigError(f"no NATS server in {urls!r}")
-    return out
 
 
 @dataclass(slots=True)
@@ -186,7 +149,7 @@ class _Wire(asyncio.Protocol):
                 acks.append((int(found[1]), bytes(buf[start:stop])))
                 pos = stop + 2
                 continue
-            end = buf.find(_CRLF, pos)
+            end = buf.find(CRLF, pos)
             if end < 0:
                 break
             first = buf[pos]
@@ -200,7 +163,7 @@ class _Wire(asyncio.Protocol):
                     hdr_len = int(header[-2])
                     status = bytes(buf[start : start + hdr_len])
                     if not status.startswith(b"NATS/1.0\r\n"):  # "NATS/1.0 503": no stream
-                        body = status.split(_CRLF, 1)[0]
+                        body = status.split(CRLF, 1)[0]
                     else:
                         body = bytes(buf[start + hdr_len : start + total])
                 else:
@@ -213,19 +176,15 @@ class _Wire(asyncio.Protocol):
             line = bytes(buf[pos:end])
             pos = end + 2
             if line == b"PING":
-                self.write(_PONG)
+                self.write(PONG)
             elif line == b"PONG":
                 self.outstanding_pings = 0
                 if not self.pong.done():
                     self.pong.set_result(None)
             elif line.startswith(b"INFO "):
-                if not self.info.done():
-                    try:
-                        self.info.set_result(json.loads(line[5:]))
-                    except ValueError:
-                        self.info.set_exception(ConnectionError("malformed INFO from server"))
+                set_info(self.info, line)
             elif line.startswith(b"-ERR"):
-                self.error = line[5:].strip(b" '").decode("utf-8", "replace")
+                self.error = error_text(line)
                 log.warning("nats server error: %s", self.error)
         del buf[:pos]
         if acks or settled:
@@ -372,11 +331,7 @@ class JetStreamPublisher:
 
     async def close(self) -> None:
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks.clear()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
@@ -567,7 +522,7 @@ class JetStreamPublisher:
                 wire.transport.abort()
             return
         wire.outstanding_pings += 1
-        self._write(_PING)
+        self._write(PING)
 
     def _expire(self, boundary: int) -> None:
         """Resend (or give up on) every message sent under an id below `boundary`."""
@@ -641,37 +596,9 @@ class JetStreamPublisher:
         )
         try:
             info = await wire.info
-            if info.get("tls_required"):
-                raise ConnectionError(
-                    "the server requires TLS, which this publisher does not speak"
-                )
+            check_info(info, "this publisher")
             self._max_payload = int(info.get("max_payload", self._max_payload))
-            if not info.get("headers", False):
-                raise ConnectionError("the server does not support message headers (NATS ≥ 2.2)")
-            options: dict[str, Any] = {
-                "verbose": False,
-                "pedantic": False,
-                "headers": True,
-                "no_responders": True,
-                "protocol": 1,
-                "lang": "python-ssmd",
-                "version": "1",
-                "name": self._name,
-            }
-            if server.user is not None:
-                options["user"] = server.user
-                options["pass"] = server.password or ""
-            if server.token is not None:
-                options["auth_token"] = server.token
-            wire.write(
-                b"CONNECT "
-                + json.dumps(options).encode()
-                + _CRLF
-                + b"SUB "
-                + self._inbox.encode()
-                + b".* 1\r\n"
-                + _PING
-            )
+            wire.write(connect_and_subscribe(server, self._name, self._inbox) + PING)
             await wire.pong
         except BaseException:
             if wire.transport is not None:
