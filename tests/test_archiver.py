@@ -5,7 +5,6 @@ only once it is on disk, whatever happens to the process."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
 import os
@@ -16,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client.parser import text_string_to_metric_families
-from waiting import eventually
+from waiting import eventually, running
 
 from runtime import archive_files
 from runtime.archiver import Archiver, consumer_name
@@ -166,17 +165,6 @@ class Shard:
 @pytest.fixture
 async def shard(nats_url: str, tmp_path: Path) -> Shard:
     return await Shard(nats_url, tmp_path).create()
-
-
-@contextlib.asynccontextmanager
-async def running(archiver: Archiver) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(archiver.run())
-    try:
-        await eventually(lambda: archiver.port is not None or task.done(), "archiver started")
-        yield task
-    finally:
-        archiver.stop()
-        await asyncio.wait_for(task, 20)
 
 
 async def scrape(port: int) -> dict[str, float]:

@@ -5,7 +5,6 @@ whatever happens to the WebSocket, NATS, Redis or the replica set."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -20,7 +19,7 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
-from waiting import eventually
+from waiting import eventually, running
 
 from runtime.connector import Connector, signer_from_environment
 from runtime.kalshi.auth import generate_key_pair
@@ -146,17 +145,6 @@ async def setup(nats_url: str) -> AsyncIterator[Setup]:
     built, sim = await make_setup(nats_url)
     yield built
     await sim.stop()
-
-
-@contextlib.asynccontextmanager
-async def running(connector: Connector) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(connector.run())
-    try:
-        await eventually(lambda: connector.port is not None or task.done(), "connector started")
-        yield task
-    finally:
-        connector.stop()
-        await asyncio.wait_for(task, 20)
 
 
 async def scrape(connector: Connector) -> dict[str, float]:

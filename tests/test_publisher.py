@@ -14,7 +14,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from runtime.publisher import JetStreamPublisher, parse_servers
+from runtime.natswire import parse_servers
+from runtime.publisher import JetStreamPublisher
 from ssmd_infra.errors import ConfigError
 from ssmd_infra.servers import start_nats
 

@@ -4,9 +4,11 @@ measures time. The timeout only turns a hang into a failure that names what was 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 
 async def eventually(
@@ -25,3 +27,27 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for: {what}")
         await asyncio.sleep(0.02)
+
+
+class Runnable(Protocol):
+    """A runtime process as the tests drive it (the archiver, the connector)."""
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    @property
+    def port(self) -> int | None: ...
+
+
+@contextlib.asynccontextmanager
+async def running(process: Runnable) -> AsyncIterator[asyncio.Task[None]]:
+    """`process.run()` as a task, once it serves its port (or has ended); stopped on exit."""
+    task = asyncio.create_task(process.run())
+    what = f"{type(process).__name__.lower()} started"
+    try:
+        await eventually(lambda: process.port is not None or task.done(), what)
+        yield task
+    finally:
+        process.stop()
+        await asyncio.wait_for(task, 20)
