@@ -10,7 +10,9 @@
   capture a common subject (JetStream refuses overlapping streams, and a message must land in
   exactly one shard stream), and the client stream sources every shard stream — and nothing
   else — with the transform `internal.{shard}.{feed}.>` → `md.{feed}.>`. A gap here is data a
-  client never sees.
+  client never sees. With `streams.internal.republish`, every shard stream also republishes
+  `internal.{shard}.{feed}.>` → `md.{feed}.>` (live readers), and no stream captures
+  `md.{feed}.>` (it would store the republished messages a second time).
 - **Kubernetes names**: `ssmd-archiver-{shard}` must fit the StatefulSet name limit.
 
 Each check is a `Check` with a severity; `validate` exits 1 when any is an error.
@@ -167,6 +169,7 @@ def mapping_problems(env: Environment, specs: list[StreamSpec]) -> list[str]:
                             f"streams {first.name} ({x}) and {second.name} ({y}) overlap: "
                             f"a subject would belong to both"
                         )
+    problems.extend(_republish_problems(env, specs))
     if client is None:
         problems.append(f"no client stream {CLIENT_STREAM}")
         return problems
@@ -189,6 +192,49 @@ def mapping_problems(env: Environment, specs: list[StreamSpec]) -> list[str]:
     return problems
 
 
+def _republish_problems(env: Environment, specs: list[StreamSpec]) -> list[str]:
+    problems: list[str] = []
+    by_name = {s.name: s for s in specs}
+    dest = client_feed_wildcard(env.feed)
+    wanted = env.streams.internal.republish
+    for shard in env.shards:
+        spec = by_name.get(internal_stream(shard))
+        if spec is None:
+            continue
+        got = spec.republish
+        src = internal_feed_wildcard(shard, env.feed)
+        if wanted and got is None:
+            problems.append(f"stream {spec.name} does not republish {src} → {dest}")
+        elif (
+            wanted
+            and got is not None
+            and (got.src, got.dest, got.headers_only)
+            != (
+                src,
+                dest,
+                False,
+            )
+        ):
+            problems.append(
+                f"stream {spec.name} republishes {got.src} → {got.dest}"
+                f"{' (headers only)' if got.headers_only else ''}, expected {src} → {dest}"
+            )
+        elif not wanted and got is not None:
+            problems.append(
+                f"stream {spec.name} republishes to {got.dest}, but streams.internal.republish "
+                f"is off"
+            )
+    if wanted:
+        for spec in specs:
+            for subject in spec.subjects:
+                if subjects_overlap(subject, dest):
+                    problems.append(
+                        f"stream {spec.name} captures {subject}, which overlaps the republished "
+                        f"{dest}: every message would be stored twice"
+                    )
+    return problems
+
+
 def mapping_checks(env: Environment) -> list[Check]:
     problems = mapping_problems(env, stream_specs(env))
     if problems:
@@ -198,7 +244,12 @@ def mapping_checks(env: Environment) -> list[Check]:
             "nats mappings",
             "ok",
             f"{len(env.shards)} internal streams, disjoint; {CLIENT_STREAM} sources all of "
-            f"them into {client_feed_wildcard(env.feed)}",
+            f"them into {client_feed_wildcard(env.feed)}"
+            + (
+                "; each republishes to it for live readers"
+                if env.streams.internal.republish
+                else ""
+            ),
         )
     ]
 

@@ -150,8 +150,16 @@ class StreamLimits(_Strict):
         return int(parse_quantity(self.max_bytes))
 
 
+class InternalStreamLimits(StreamLimits):
+    """A shard stream's limits, plus republish: every stored message is also published on
+    core NATS under the client subject (`md.{feed}.>`), for live readers that need not wait
+    for the client stream's sourcing."""
+
+    republish: Annotated[bool, Strict()] = False
+
+
 class Streams(_Strict):
-    internal: StreamLimits = StreamLimits()
+    internal: InternalStreamLimits = InternalStreamLimits()
     client: StreamLimits = StreamLimits()
 
 

@@ -6,7 +6,8 @@ stream looks like. Facts that shape it:
 
 - Subject transforms need nats-server ≥ 2.10; 2.9 accepts the config and silently drops the
   transforms. So the server version is checked, and the stream info the server returns must
-  echo every transform back; otherwise we refuse.
+  echo every transform back; otherwise we refuse. The same holds for a shard stream's
+  RePublish (live readers would silently see nothing): the reply must echo it.
 - A stream update sends the *whole* config: a field left out falls back to the server's
   default (storage, limits, duplicate window reset). Updates therefore start from the raw
   JSON config the server currently holds and overlay only the fields ssmd manages; fields
@@ -36,7 +37,7 @@ from nats.js import api
 
 from .errors import SsmdError
 from .stack_config import nats_url_problem, redact_url
-from .streams import SourceSpec, StreamSpec
+from .streams import RepublishSpec, SourceSpec, StreamSpec
 
 MIN_SERVER_VERSION = (2, 10, 0)
 CONNECT_TIMEOUT = 3.0
@@ -57,6 +58,7 @@ MANAGED_FIELDS = (
     "retention",
     "discard",
     "sources",
+    "republish",
 )
 
 
@@ -89,6 +91,8 @@ def spec_problems(spec: StreamSpec) -> list[str]:
         problems.append(f"{where}: discard must be 'old' or 'new'")
     if not spec.subjects and not spec.sources:
         problems.append(f"{where}: needs subjects or sources")
+    if spec.republish is not None and not (spec.republish.src and spec.republish.dest):
+        problems.append(f"{where}: republish needs a source and a destination subject")
     return problems
 
 
@@ -122,6 +126,15 @@ def to_stream_config(spec: StreamSpec) -> api.StreamConfig:
         num_replicas=spec.replicas,
         duplicate_window=spec.duplicate_window,
         sources=sources or None,
+        republish=(
+            api.RePublish(
+                src=spec.republish.src,
+                dest=spec.republish.dest,
+                headers_only=spec.republish.headers_only,
+            )
+            if spec.republish
+            else None
+        ),
     )
 
 
@@ -148,6 +161,12 @@ def _managed_json(spec: StreamSpec) -> dict[str, Any]:
             }
             for s in spec.sources
         ]
+    if spec.republish:
+        body["republish"] = {
+            "src": spec.republish.src,
+            "dest": spec.republish.dest,
+            "headers_only": spec.republish.headers_only,
+        }
     return body
 
 
@@ -158,6 +177,8 @@ def desired_config_json(spec: StreamSpec, current: dict[str, Any] | None = None)
         merged.pop("subjects", None)
     if not spec.sources:
         merged.pop("sources", None)
+    if not spec.republish:
+        merged.pop("republish", None)
     merged.update(_managed_json(spec))
     return merged
 
@@ -193,6 +214,17 @@ def spec_from_config(config: dict[str, Any]) -> StreamSpec:
         retention=str(config.get("retention", "limits")),
         discard=str(config.get("discard", "old")),
         sources=tuple(sources),
+        republish=_republish_from_config(config.get("republish")),
+    )
+
+
+def _republish_from_config(raw: Any) -> RepublishSpec | None:
+    if not raw:
+        return None
+    return RepublishSpec(
+        src=str(raw.get("src") or ""),
+        dest=str(raw.get("dest") or ""),
+        headers_only=bool(raw.get("headers_only", False)),
     )
 
 
@@ -259,6 +291,10 @@ def describe_differences(diffs: dict[str, tuple[Any, Any]]) -> str:
 
 
 def _show(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, RepublishSpec):
+        return f"{value.src} → {value.dest}" + (" (headers only)" if value.headers_only else "")
     if isinstance(value, tuple):
         return "[" + ", ".join(map(str, value)) + "]"
     if isinstance(value, float) and value.is_integer():
@@ -314,6 +350,26 @@ def verify_transforms(spec: StreamSpec, info: api.StreamInfo) -> None:
             f"({'; '.join(missing)}); it probably ignores them (nats-server < 2.10). "
             f"Refusing to continue: clients would never see the md.* subjects"
         )
+
+
+def verify_republish(spec: StreamSpec, config: dict[str, Any]) -> None:
+    """Refuse when the server's stream config (JSON) does not echo the desired RePublish:
+    live readers of the client subjects would silently receive nothing."""
+    if spec.republish is None:
+        return
+    got = _republish_from_config(config.get("republish"))
+    if got != spec.republish:
+        raise SsmdError(
+            f"the NATS server did not keep the republish of stream {spec.name!r} "
+            f"({_show(spec.republish)}; it holds {_show(got)}). Refusing to continue: live "
+            f"readers of {spec.republish.dest} would receive nothing"
+        )
+
+
+def verify_echo(spec: StreamSpec, reply: dict[str, Any]) -> None:
+    """Every check that the server kept what it was asked for (transforms, republish)."""
+    verify_transforms(spec, _stream_info(reply))
+    verify_republish(spec, reply.get("config") or {})
 
 
 # ----------------------------------------------------------------------------- server calls
@@ -447,7 +503,7 @@ async def apply_stream(
     if current_raw is None:
         reply = await _request(nc, f"{_API}.STREAM.CREATE.{spec.name}", desired_config_json(spec))
         _raise_api_error(reply, f"creating stream {spec.name}")
-        verify_transforms(spec, _stream_info(reply))
+        verify_echo(spec, reply)
         return StreamOutcome(
             "created", spec_from_config(reply["config"]), f"created stream {spec.name}"
         )
@@ -456,7 +512,7 @@ async def apply_stream(
     if not adopt:
         raise SsmdError(f"stream {spec.name} already exists")
     if not diffs:
-        verify_transforms(spec, _stream_info(current_raw))
+        verify_echo(spec, current_raw)
         return StreamOutcome("adopted", current, f"stream {spec.name} already matches")
     if not update:
         raise SsmdError(
@@ -472,7 +528,7 @@ async def apply_stream(
     body = desired_config_json(spec, current_raw["config"])
     reply = await _request(nc, f"{_API}.STREAM.UPDATE.{spec.name}", body)
     _raise_api_error(reply, f"updating stream {spec.name}")
-    verify_transforms(spec, _stream_info(reply))
+    verify_echo(spec, reply)
     return StreamOutcome(
         "updated",
         spec_from_config(reply["config"]),

@@ -10,6 +10,9 @@ dynamic-provider host process, so:
 - `diff` compares only the fields ssmd manages, normalised, so neither the pickled provider
   (`__provider`) nor defaults the server fills in cause spurious diffs, and it asks for a
   delete-before-replace for the changes the server refuses;
+- `republish` (a shard stream's RePublish, opt-in) is a property only when set, so streams
+  without it keep the properties they had before the field existed; turning it on or off is
+  an in-place update;
 - `update` returns the outputs (the default would return none);
 - `read` reports what the server holds, so drift shows on `pulumi refresh`.
 """
@@ -131,6 +134,7 @@ class NatsStream(pulumi.dynamic.Resource, module="ssmd", name="NatsStream"):
     nats_url: pulumi.Output[str]
     subjects: pulumi.Output[list[str]]
     sources: pulumi.Output[list[dict[str, str]]]
+    republish: pulumi.Output[dict[str, Any] | None]
 
     def __init__(
         self,

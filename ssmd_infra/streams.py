@@ -1,6 +1,7 @@
 """Desired NATS JetStream streams of an environment, as plain data.
 
-One stream per shard (`ssmd-internal-{shard}` on `internal.{shard}.>`) and one client stream
+One stream per shard (`ssmd-internal-{shard}` on `internal.{shard}.>`; optionally republishing
+every stored message to `md.{feed}.>` on core NATS for live readers) and one client stream
 (`ssmd-client`) that sources every shard stream with the subject transform
 `internal.{shard}.{feed}.>` → `md.{feed}.>`. The Pulumi dynamic provider and the local runner
 both turn these specs into server calls (`ssmd_infra.natsstreams`), so they cannot disagree.
@@ -32,6 +33,16 @@ class SourceSpec:
 
 
 @dataclass(frozen=True)
+class RepublishSpec:
+    """JetStream RePublish: every stored message matching `src` is also published on core
+    NATS with its subject transformed to `dest` (headers and payload, unless headers_only)."""
+
+    src: str
+    dest: str
+    headers_only: bool = False
+
+
+@dataclass(frozen=True)
 class StreamSpec:
     name: str
     subjects: tuple[str, ...]
@@ -44,10 +55,12 @@ class StreamSpec:
     retention: str = "limits"
     discard: str = "old"
     sources: tuple[SourceSpec, ...] = field(default_factory=tuple)
+    republish: RepublishSpec | None = None
 
     def to_dict(self) -> dict[str, object]:
-        """Plain-data form: Pulumi inputs/outputs and JSON."""
-        return {
+        """Plain-data form: Pulumi inputs/outputs and JSON (`republish` only when set, so a
+        stream without it has the same properties as before the field existed)."""
+        data: dict[str, object] = {
             "name": self.name,
             "subjects": list(self.subjects),
             "max_age": self.max_age,
@@ -60,10 +73,14 @@ class StreamSpec:
             "discard": self.discard,
             "sources": [vars(s).copy() for s in self.sources],
         }
+        if self.republish is not None:
+            data["republish"] = vars(self.republish).copy()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StreamSpec:
         sources = tuple(SourceSpec(**s) for s in data.get("sources") or [])
+        republish = data.get("republish")
         return cls(
             name=str(data["name"]),
             subjects=tuple(data.get("subjects") or ()),
@@ -76,6 +93,7 @@ class StreamSpec:
             retention=str(data.get("retention", "limits")),
             discard=str(data.get("discard", "old")),
             sources=sources,
+            republish=RepublishSpec(**republish) if republish else None,
         )
 
 
@@ -84,6 +102,7 @@ def _spec(
     subjects: tuple[str, ...],
     limits: StreamLimits,
     sources: tuple[SourceSpec, ...] = (),
+    republish: RepublishSpec | None = None,
 ) -> StreamSpec:
     return StreamSpec(
         name=name,
@@ -95,12 +114,23 @@ def _spec(
         duplicate_window=limits.duplicate_window,
         storage=limits.storage,
         sources=sources,
+        republish=republish,
     )
 
 
 def internal_stream_spec(env: Environment, shard: str) -> StreamSpec:
+    """A shard's stream; with `streams.internal.republish`, it also republishes every stored
+    message `internal.{shard}.{feed}.>` → `md.{feed}.>` on core NATS (live readers)."""
     env.shard(shard)
-    return _spec(internal_stream(shard), (internal_wildcard(shard),), env.streams.internal)
+    limits = env.streams.internal
+    republish = (
+        RepublishSpec(
+            src=internal_feed_wildcard(shard, env.feed), dest=client_feed_wildcard(env.feed)
+        )
+        if limits.republish
+        else None
+    )
+    return _spec(internal_stream(shard), (internal_wildcard(shard),), limits, republish=republish)
 
 
 def client_stream_spec(env: Environment, shards: list[str] | None = None) -> StreamSpec:

@@ -491,3 +491,23 @@ def test_errors_carry_the_file_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_environment(path)
     assert str(caught.value) == f"{path}:17:1: colour: unknown key 'colour'"
+
+
+def test_republish_of_the_shard_streams_is_opt_in() -> None:
+    assert parse(VALID).streams.internal.republish is False
+    env = parse(VALID + "streams:\n  internal:\n    republish: true\n")
+    assert env.streams.internal.republish is True
+    assert env.streams.internal.max_age == 72 * 3600  # the other limits keep their defaults
+
+
+@pytest.mark.parametrize("value", ['"true"', "1", "null", "on-demand"])
+def test_republish_must_be_a_boolean(value: str) -> None:
+    p = only_problem(VALID + f"streams:\n  internal:\n    republish: {value}\n")
+    assert (p.path, p.line) == ("streams.internal.republish", 19)
+    assert "should be a valid boolean" in p.message
+
+
+def test_republish_is_not_a_client_stream_key() -> None:
+    p = only_problem(VALID + "streams:\n  client:\n    republish: true\n")
+    assert (p.path, p.line) == ("streams.client.republish", 19)
+    assert "unknown key 'republish'" in p.message

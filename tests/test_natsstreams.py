@@ -363,3 +363,158 @@ def test_spec_differences_name_each_changed_field() -> None:
     diffs = natsstreams.spec_differences(spec, other)
     assert diffs == {"max_age": (3600.0, 7200.0), "replicas": (1, 3)}
     assert natsstreams.describe_differences(diffs) == "max_age 3600 → 7200, replicas 1 → 3"
+
+
+# ----------------------------------------------------------------------------- republish
+
+
+def make_republish_env(prefix: str, republish: bool = True) -> Environment:
+    text = ENV_TEMPLATE.format(name=f"env-{prefix}", p=prefix).replace(
+        "duplicate_window: 90s}\n  client",
+        f"duplicate_window: 90s, republish: {str(republish).lower()}}}\n  client",
+    )
+    env = parse_environment(text, "test.yaml")
+    assert env.streams.internal.republish is republish
+    return env
+
+
+async def _received(sub: nats.aio.subscription.Subscription, count: int) -> list[nats.aio.msg.Msg]:
+    return [await sub.next_msg(timeout=5) for _ in range(count)]
+
+
+async def test_republish_carries_every_stored_message_to_core_client_subjects(
+    server: ServerProcess, nc: Client
+) -> None:
+    env = make_republish_env("rp")
+    await natsstreams.reconcile_streams(server.url, stream_specs(env))
+    config = await raw_config(nc, "ssmd-internal-rpa")
+    assert config["republish"] == {"src": "internal.rpa.kalshi.>", "dest": "md.kalshi.>"}
+    client = await raw_config(nc, "ssmd-client")
+    assert "republish" not in client  # the client stream keeps replay; it republishes nothing
+    symbol = "KXHIGHNY-24DEC05-B43.5"
+    sub = await nc.subscribe(client_subject("kalshi", "trade", symbol))
+    others = await nc.subscribe("md.kalshi.>")
+    await nc.flush()
+    js = nc.jetstream()
+    subject = internal_subject("rpc", "kalshi", "trade", symbol)
+    payload = json.dumps({"type": "trade", "msg": {"market_ticker": symbol}}).encode()
+    first = await js.publish(subject, payload, headers={"Nats-Msg-Id": "trade:rp-1"})
+    again = await js.publish(subject, b"resent", headers={"Nats-Msg-Id": "trade:rp-1"})
+    assert (first.duplicate, again.duplicate) in ((None, True), (False, True))
+    later = await js.publish(subject, b"later", headers={"Nats-Msg-Id": "trade:rp-2"})
+    assert later.seq == first.seq + 1
+    got = await _received(sub, 2)
+    assert got[0].subject == "md.kalshi.trade.KXHIGHNY-24DEC05-B43%2E5"
+    assert got[0].data == payload
+    assert got[0].headers is not None and got[0].headers["Nats-Msg-Id"] == "trade:rp-1"
+    # The server says where the copy came from: stream, subject and sequence.
+    assert got[0].headers["Nats-Stream"] == "ssmd-internal-rpc"
+    assert got[0].headers["Nats-Subject"] == subject
+    assert int(got[0].headers["Nats-Sequence"]) == first.seq
+    # dedup happens before the store: the duplicate is not republished
+    assert [m.data for m in got] == [payload, b"later"]
+    # every shard republishes, each under the same client subject space
+    await js.publish(internal_subject("rpa", "kalshi", "trade", "BTCUSD"), b"btc")
+    seen = [m.subject for m in await _received(others, 3)]
+    assert seen == [got[0].subject, got[1].subject, "md.kalshi.trade.BTCUSD"]
+    with pytest.raises(nats.errors.TimeoutError):
+        await others.next_msg(timeout=0.3)  # nothing else: one copy per stored message
+    await sub.unsubscribe()
+    await others.unsubscribe()
+
+
+async def test_without_republish_nothing_reaches_the_client_subjects_on_core(
+    server: ServerProcess, nc: Client
+) -> None:
+    env = make_republish_env("ro", republish=False)
+    assert all(spec.republish is None for spec in stream_specs(env))
+    await natsstreams.reconcile_streams(server.url, stream_specs(env))
+    assert "republish" not in await raw_config(nc, "ssmd-internal-roa")
+    sub = await nc.subscribe("md.kalshi.>")
+    await nc.flush()
+    js = nc.jetstream()
+    await js.publish(internal_subject("roa", "kalshi", "trade", "BTCUSD"), b"x")
+    await _wait_last(js, "ssmd-client", client_subject("kalshi", "trade", "BTCUSD"))  # sourced
+    with pytest.raises(nats.errors.TimeoutError):
+        await sub.next_msg(timeout=0.3)
+    await sub.unsubscribe()
+
+
+async def test_turning_republish_on_is_an_update_in_place(
+    server: ServerProcess, nc: Client
+) -> None:
+    off = internal_stream_spec(make_republish_env("ru", republish=False), "rua")
+    on = internal_stream_spec(make_republish_env("ru"), "rua")
+    await natsstreams.reconcile_streams(server.url, [off])
+    js = nc.jetstream()
+    subject = internal_subject("rua", "kalshi", "trade", "BTCUSD")
+    await js.publish(subject, b"before", headers={"Nats-Msg-Id": "trade:ru-1"})
+    actions = await natsstreams.reconcile_streams(server.url, [on])
+    assert actions == [
+        "updated stream ssmd-internal-rua: republish none → internal.rua.kalshi.> → md.kalshi.>"
+    ]
+    info = await js.stream_info("ssmd-internal-rua")
+    assert info.state.messages == 1  # not replaced: the stored message is still there
+    sub = await nc.subscribe("md.kalshi.>")
+    await nc.flush()
+    await js.publish(subject, b"after", headers={"Nats-Msg-Id": "trade:ru-2"})
+    assert (await sub.next_msg(timeout=5)).data == b"after"
+    # and back off, in place too
+    back = await natsstreams.reconcile_streams(server.url, [off])
+    assert back == [
+        "updated stream ssmd-internal-rua: republish internal.rua.kalshi.> → md.kalshi.> → none"
+    ]
+    assert "republish" not in await raw_config(nc, "ssmd-internal-rua")
+    assert (await js.stream_info("ssmd-internal-rua")).state.messages == 2
+    await sub.unsubscribe()
+
+
+def test_republish_round_trips_through_the_config_forms() -> None:
+    env = make_republish_env("rr")
+    spec = internal_stream_spec(env, "rra")
+    config = natsstreams.to_stream_config(spec)
+    assert config.republish == api.RePublish(
+        src="internal.rra.kalshi.>", dest="md.kalshi.>", headers_only=False
+    )
+    echoed = natsstreams.spec_from_config(natsstreams.desired_config_json(spec))
+    assert echoed == spec
+    assert StreamSpec.from_dict(spec.to_dict()) == spec
+    off = internal_stream_spec(make_env("rr"), "rra")
+    assert "republish" not in off.to_dict()
+    assert natsstreams.to_stream_config(off).republish is None
+    # a current config holding a republish loses it when the spec has none
+    assert "republish" not in natsstreams.desired_config_json(
+        off, natsstreams.desired_config_json(spec)
+    )
+
+
+def test_a_reply_without_the_republish_is_refused() -> None:
+    spec = internal_stream_spec(make_republish_env("rv"), "rva")
+    natsstreams.verify_republish(spec, natsstreams.desired_config_json(spec))
+    with pytest.raises(SsmdError, match="did not keep the republish of stream 'ssmd-internal-rva'"):
+        natsstreams.verify_republish(spec, {"name": spec.name})
+
+
+def test_the_mapping_checks_cover_republish() -> None:
+    from ssmd_infra.checks import mapping_checks, mapping_problems
+
+    on = make_republish_env("mc")
+    specs = stream_specs(on)
+    assert mapping_problems(on, specs) == []
+    assert "each republishes to it" in mapping_checks(on)[0].message
+    missing = [
+        dataclasses.replace(s, republish=None) if s.name.endswith("mcb") else s for s in specs
+    ]
+    assert mapping_problems(on, missing) == [
+        "stream ssmd-internal-mcb does not republish internal.mcb.kalshi.> → md.kalshi.>"
+    ]
+    off = make_env("mc")
+    assert mapping_problems(off, stream_specs(off)) == []
+    assert mapping_problems(off, specs[:1] + stream_specs(off)[1:]) == [
+        "stream ssmd-internal-mca republishes to md.kalshi.>, but streams.internal.republish is off"
+    ]
+    capture = dataclasses.replace(specs[-1], subjects=("md.>",))
+    assert mapping_problems(on, [*specs[:-1], capture]) == [
+        "stream ssmd-client captures md.>, which overlaps the republished md.kalshi.>: every "
+        "message would be stored twice"
+    ]

@@ -276,3 +276,46 @@ def test_the_pickled_provider_works_in_a_fresh_interpreter(server: ServerProcess
     assert reply["type"] == "ssmd_infra.pulumi_stream.NatsStreamProvider"
     assert reply["id"] == "ssmd-internal-fia"
     assert spec_from_props(reply["read"]) == spec
+
+
+def _republish_env(prefix: str) -> Environment:
+    env = make_env(prefix)
+    on = env.streams.internal.model_copy(update={"republish": True})
+    return env.model_copy(update={"streams": env.streams.model_copy(update={"internal": on})})
+
+
+def test_the_default_has_no_republish_property_and_no_diff() -> None:
+    spec = internal_stream_spec(make_env("rn"), "rna")
+    assert spec.republish is None
+    news = props(spec, "nats://n:4222")
+    assert "republish" not in news  # same properties as before the field existed
+    result = NatsStreamProvider().diff("ssmd-internal-rna", props(spec, "nats://n:4222"), news)
+    assert (result.changes, result.replaces) == (False, [])
+    # state written by an engine that kept an explicit null is no change either
+    olds = {**props(spec, "nats://n:4222"), "republish": None}
+    assert NatsStreamProvider().diff("ssmd-internal-rna", olds, news).changes is False
+
+
+def test_toggling_republish_is_an_update_not_a_replacement(server: ServerProcess) -> None:
+    off = internal_stream_spec(make_env("rt"), "rta")
+    on = internal_stream_spec(_republish_env("rt"), "rta")
+    assert on.republish is not None
+    assert (on.republish.src, on.republish.dest) == ("internal.rta.kalshi.>", "md.kalshi.>")
+    provider = NatsStreamProvider()
+    for old, new in ((off, on), (on, off)):
+        result = provider.diff(on.name, props(old, server.url), props(new, server.url))
+        assert (result.changes, result.replaces, result.delete_before_replace) == (True, [], False)
+    provider.create(props(off, server.url))
+    updated = provider.update(on.name, props(off, server.url), props(on, server.url))
+    assert updated.outs == props_from_spec(on, server.url)
+    config = server_config(server.url, on.name)
+    assert config is not None
+    assert config["republish"] == {"src": "internal.rta.kalshi.>", "dest": "md.kalshi.>"}
+    read = provider.read(on.name, props(on, server.url))
+    assert read.outs == props_from_spec(on, server.url)
+    again = provider.diff(on.name, {**(read.outs or {}), PROVIDER_KEY: "x"}, props(on, server.url))
+    assert again.changes is False
+    provider.update(on.name, props(on, server.url), props(off, server.url))
+    config = server_config(server.url, on.name)
+    assert config is not None and "republish" not in config
+    assert provider.read(on.name, props(off, server.url)).outs == props_from_spec(off, server.url)
