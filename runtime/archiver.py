@@ -82,11 +82,11 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from runtime.archive_files import ArchiveWriter, FileKey, Group, RecoveryReport
-from runtime.health import HealthServer
+from runtime.health import HealthServer, ShardMetrics
 from runtime.jspull import Delivery, PullClient
 from runtime.membership import redis_client
 from runtime.procstats import ProcStats
@@ -828,18 +828,10 @@ class _ArchiverCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         a = self._a
-        shard = [a.shard]
         stats = a.stats
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, doc, labels=["shard"])
-            family.add_metric(shard, value)
-            return family
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            family = CounterMetricFamily(name, doc, labels=["shard"])
-            family.add_metric(shard, value)
-            return family
+        metrics = ShardMetrics(a.shard)
+        gauge, counter = metrics.gauge, metrics.counter
 
         yield counter(
             "ssmd_archiver_messages", "Lines archived (written and fsynced)", stats.archived

@@ -36,11 +36,11 @@ from typing import Any
 import redis.asyncio as aioredis
 import typer
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from runtime.buffer import DropPolicy, FrameBuffer
-from runtime.health import HealthServer
+from runtime.health import HealthServer, ShardMetrics
 from runtime.kalshi.auth import KalshiSigner
 from runtime.kalshi.client import KalshiAuthError, KalshiWsClient
 from runtime.kalshi.protocol import Frame
@@ -621,19 +621,11 @@ class _ConnectorCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         c = self._c
-        shard = [c.shard]
         stats = c.client.stats if c.client is not None else None
         pub = c.publisher.stats
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, doc, labels=["shard"])
-            family.add_metric(shard, value)
-            return family
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            family = CounterMetricFamily(name, doc, labels=["shard"])
-            family.add_metric(shard, value)
-            return family
+        metrics = ShardMetrics(c.shard)
+        gauge, counter = metrics.gauge, metrics.counter
 
         yield gauge(
             "ssmd_connector_message_rate",
