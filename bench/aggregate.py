@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/aggregate.py [--rate 100000] [--seconds 20] [--shards 4]
                                         [--publishers 4] [--max-seconds 15] [--repeat 1]
+                                        [--republish]
 
 The client stream sources every shard stream with a subject transform (one sourcing
 goroutine per source in nats-server); it has been reported to top out near 20k msg/s on
@@ -20,8 +21,17 @@ Phases, each on a fresh nats-server (a fresh store), alternating when `--repeat`
 - baseline: the same input (same subjects' shape, sizes, ids, publishers) into ONE internal
   stream alone — no sourcing;
 - aggregate: the input into `--shards` shard streams, sourced into `ssmd-client`;
-- max (if `--max-seconds` > 0): both again with the publishers unpaced (as fast as their
-  acknowledgement windows allow) — the machine's maximum sustained rate.
+- republish (with `--republish`): the aggregate phase with `streams.internal.republish` on
+  (each shard stream republishes `internal.{shard}.kalshi.>` → `md.kalshi.>` on core NATS,
+  `ssmd-client` still sourcing), plus one live reader in its own process: a core
+  subscription on `md.kalshi.>` over a raw socket (a minimal protocol parser, so the reader
+  measures the server's republish path rather than a client library) that counts what it
+  receives. Core delivery has no acknowledgement or redelivery: missed = published −
+  received (a slow consumer is dropped or disconnected by the server);
+- live (with `--republish`): the same without `ssmd-client` — what republish costs alone
+  (the client stream could live elsewhere, or be split);
+- max (if `--max-seconds` > 0): each phase again with the publishers unpaced (as fast as
+  their acknowledgement windows allow) — the machine's maximum sustained rate.
 
 Measured per phase, over the steady window (the first 15 % of the run is warm-up):
 - the rate into the shard streams (acknowledged = stored), and the rate `ssmd-client`
@@ -66,7 +76,12 @@ from ssmd_infra.environment import parse_environment  # noqa: E402
 from ssmd_infra.natsstreams import reconcile_streams  # noqa: E402
 from ssmd_infra.servers import ServerProcess, start_nats  # noqa: E402
 from ssmd_infra.streams import StreamSpec, internal_stream_spec, stream_specs  # noqa: E402
-from ssmd_infra.subjects import CLIENT_STREAM, internal_stream, internal_subject  # noqa: E402
+from ssmd_infra.subjects import (  # noqa: E402
+    CLIENT_STREAM,
+    client_feed_wildcard,
+    internal_stream,
+    internal_subject,
+)
 
 FEED = "kalshi"
 TICKERS_PER_SHARD = 100
@@ -79,16 +94,17 @@ def shard_names(count: int) -> list[str]:
     return [f"s{i}" for i in range(count)]
 
 
-def env_yaml(shards: list[str]) -> str:
+def env_yaml(shards: list[str], republish: bool = False) -> str:
     """An environment with these shards; limits far above a run's volume (`discard: old`
     would otherwise drop messages silently and spoil the counts)."""
+    flag = ", republish: true" if republish else ""
     lines = "\n".join(
         f"  {s}: {{selector: {{tier: {i}}}, replicas: 1}}" for i, s in enumerate(shards)
     )
     return f"""name: bench-aggregate
 feed: {FEED}
 streams:
-  internal: {{max_age: 1h, max_bytes: 4Gi, duplicate_window: 2m}}
+  internal: {{max_age: 1h, max_bytes: 4Gi, duplicate_window: 2m{flag}}}
   client: {{max_age: 1h, max_bytes: 16Gi, duplicate_window: 2m}}
 shards:
 {lines}
@@ -202,6 +218,107 @@ async def role_publish(
     )
 
 
+# -- the live reader role (a child process) ---------------------------------------------------
+
+
+def role_read(nats_url: str, subject: str) -> None:
+    """Core-subscribe to `subject` on a raw socket and count the messages (HMSG/MSG) until
+    "stop" arrives on stdin; print a JSON report (count, samples, delays from the republish
+    `Nats-Time-Stamp` header, whether the server closed the connection)."""
+    import socket
+
+    from runtime.natswire import parse_servers
+
+    address = parse_servers(nats_url)[0]
+    sock = socket.create_connection((address.host, address.port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    options = {"verbose": False, "pedantic": False, "headers": True, "protocol": 1}
+    options["name"] = "bench-aggregate-reader"
+    info = b""
+    while not info.endswith(b"\r\n"):
+        info += sock.recv(4096)
+    sock.sendall(
+        b"CONNECT %s\r\nSUB %s 1\r\nPING\r\n" % (json.dumps(options).encode(), subject.encode())
+    )
+    buf = b""
+    while b"PONG\r\n" not in buf:
+        buf += sock.recv(4096)
+    buf = buf[buf.index(b"PONG\r\n") + 6 :]
+    stop = threading.Event()
+
+    def wait_stop() -> None:
+        sys.stdin.readline()
+        stop.set()
+
+    print("ready", flush=True)
+    threading.Thread(target=wait_stop, daemon=True).start()
+    sock.settimeout(0.1)
+    count = 0
+    samples: list[tuple[float, int]] = []
+    delays: list[float] = []
+    closed = ""
+    errors: list[str] = []
+    first = last = 0.0
+    next_sample = time.time()
+    want_delay = False
+    while not stop.is_set():
+        try:
+            data = sock.recv(1 << 20)
+        except TimeoutError:
+            data = None
+        now = time.time()
+        if data == b"":
+            closed = "the server closed the connection"
+            break
+        if now >= next_sample:
+            samples.append((now, count))
+            next_sample += SAMPLE_EVERY
+            want_delay = True
+        if not data:
+            continue
+        buf += data
+        pos = 0
+        size = len(buf)
+        before = count
+        while True:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            if buf.startswith(b"HMSG ", pos) or buf.startswith(b"MSG ", pos):
+                end = eol + 4 + int(buf[buf.rfind(b" ", pos, eol) + 1 : eol])
+                if end > size:
+                    break
+                if want_delay and buf[pos] == 72:  # H: read the republish timestamp
+                    want_delay = False
+                    head = buf[eol + 2 : end - 2]
+                    at = head.find(b"Nats-Time-Stamp: ")
+                    if at >= 0:
+                        stamp = head[at + 17 : head.find(b"\r\n", at)].decode()
+                        delays.append(now - _parse_time(stamp))
+                count += 1
+                pos = end
+            else:
+                line = buf[pos:eol]
+                if line == b"PING":
+                    sock.sendall(b"PONG\r\n")
+                elif line.startswith(b"-ERR"):
+                    errors.append(line.decode("utf-8", "replace"))
+                pos = eol + 2
+        buf = buf[pos:]
+        if count > before:
+            first = first or now
+            last = now
+    samples.append((time.time(), count))
+    sock.close()
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    report = {"received": count, "samples": samples, "delays": delays, "closed": closed}
+    report["cpu_s"] = usage.ru_utime + usage.ru_stime
+    report.update({"errors": errors, "first": first, "last": last})
+    print(json.dumps(report), flush=True)
+
+
 # -- orchestration ----------------------------------------------------------------------------
 
 
@@ -310,15 +427,20 @@ async def phase(
 ) -> dict[str, Any]:
     """One run on a fresh nats-server: `mode` is `baseline` (one internal stream),
     `aggregate` (shard streams sourced into ssmd-client while the input flows) or `prefill`
-    (shard streams filled first; ssmd-client created afterwards: sourcing alone)."""
+    (shard streams filled first; ssmd-client created afterwards: sourcing alone) or
+    `republish` (aggregate, with the shard streams republishing to core and a live reader)
+    or `live` (republish and the live reader, no ssmd-client)."""
     shards = shard_names(args.shards)
-    aggregate = mode in ("aggregate", "prefill")
+    aggregate = mode in ("aggregate", "prefill", "republish")  # ssmd-client exists
+    republish = mode in ("republish", "live")
+    sourcing = mode in ("aggregate", "republish")  # ssmd-client exists while the input flows
     server: ServerProcess = start_nats(workdir / name)
     children: list[subprocess.Popen[bytes]] = []
     try:
-        if aggregate:
-            env = parse_environment(env_yaml(shards), "bench-aggregate.yaml")
-            specs: list[StreamSpec] = stream_specs(env)
+        if aggregate or republish:
+            yaml_text = env_yaml(shards, republish=republish)
+            env = parse_environment(yaml_text, "bench-aggregate.yaml")
+            specs: list[StreamSpec] = stream_specs(env)[: None if aggregate else -1]
             internal = [internal_stream(s) for s in shards]
         else:
             env = parse_environment(env_yaml([SINGLE]), "bench-baseline.yaml")
@@ -326,13 +448,34 @@ async def phase(
             internal = [internal_stream(SINGLE)]
         late = specs[-1:] if mode == "prefill" else []  # ssmd-client, created after the input
         await reconcile_streams(server.url, specs[: len(specs) - len(late)])
+        live_reader: subprocess.Popen[bytes] | None = None
+        if republish:
+            live_reader = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--role",
+                    "read",
+                    server.url,
+                    client_feed_wildcard(FEED),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=open(workdir / f"{name}-reader.log", "wb"),  # noqa: SIM115 - the child's
+                cwd=REPO,
+            )
+            children.append(live_reader)
+            assert live_reader.stdout is not None
+            if live_reader.stdout.readline().decode().strip() != "ready":
+                raise RuntimeError(f"the reader failed to start (see {workdir}/{name}-reader.log)")
+        publishers: list[subprocess.Popen[bytes]] = []
         groups = [shards[p :: args.publishers] for p in range(args.publishers)]
         groups = [g for g in groups if g]
         per_rate = rate / len(groups) if rate > 0 else 0.0
         for p, group in enumerate(groups):
-            targets = group if aggregate else [SINGLE] * len(group)
+            targets = group if aggregate or republish else [SINGLE] * len(group)
             log = open(workdir / f"{name}-pub{p}.log", "wb")  # noqa: SIM115 - the child's
-            children.append(
+            publishers.append(
                 subprocess.Popen(
                     [
                         sys.executable,
@@ -352,19 +495,20 @@ async def phase(
                     cwd=REPO,
                 )
             )
-        for child in children:
+        children.extend(publishers)
+        for child in publishers:
             assert child.stdout is not None
             line = child.stdout.readline().decode().strip()
             if line != "ready":
                 raise RuntimeError(f"a publisher failed to start (see {workdir}/{name}-pub*.log)")
         nc = await nats.connect(server.url)
-        monitor = Monitor(nc, internal, mode == "aggregate")
+        monitor = Monitor(nc, internal, sourcing)
         server_ps = psutil.Process(server.proc.pid)
         server_cpu0 = _cpu(server_ps)
         own_ps = psutil.Process()
         own_cpu0, machine0, wall0 = _cpu(own_ps), psutil.cpu_times(), time.monotonic()
         watching = asyncio.create_task(monitor.run())
-        for child in children:
+        for child in publishers:
             assert child.stdin is not None
             child.stdin.write(b"go\n")
             child.stdin.flush()
@@ -375,7 +519,7 @@ async def phase(
             out = child.stdout.read().decode().strip().splitlines()
             reports.append(json.loads(out[-1]) if out else {"error": "no report"})
 
-        readers = [threading.Thread(target=collect, args=(c,), daemon=True) for c in children]
+        readers = [threading.Thread(target=collect, args=(c,), daemon=True) for c in publishers]
         for reader in readers:
             reader.start()
 
@@ -384,7 +528,7 @@ async def phase(
                 reader.join()
 
         await asyncio.to_thread(join_all)
-        for child in children:
+        for child in publishers:
             child.wait(30)
         if any("error" in r for r in reports):
             raise RuntimeError(f"a publisher failed (see {workdir}/{name}-pub*.log)")
@@ -404,6 +548,18 @@ async def phase(
                 caught_up = row["t"]
                 break
             await asyncio.sleep(0.02)
+        live: dict[str, Any] = {}
+        if live_reader is not None:
+            # core delivery is immediate or never: give stragglers in socket buffers a moment
+            await asyncio.sleep(1.0)
+            assert live_reader.stdin is not None and live_reader.stdout is not None
+            live_reader.stdin.write(b"stop\n")
+            live_reader.stdin.flush()
+            out = (await asyncio.to_thread(live_reader.stdout.read)).decode().strip().splitlines()
+            live_reader.wait(30)
+            live = json.loads(out[-1]) if out else {"error": "no report"}
+            if "error" in live:
+                raise RuntimeError(f"the reader failed (see {workdir}/{name}-reader.log)")
         monitor.stop()
         await watching
         final = await monitor.sample()
@@ -413,6 +569,7 @@ async def phase(
         busy = sum(machine1) - sum(machine0) - idle
         publishers_cpu = sum(r["cpu_s"] for r in reports)
         own_cpu = _cpu(own_ps) - own_cpu0
+        reader_cpu = float(live.get("cpu_s", 0.0))
         await nc.close()
         steady0 = start + WARMUP * (end - start)
         window = [s for s in monitor.samples if steady0 <= s["t"] <= end]
@@ -446,7 +603,8 @@ async def phase(
             "machine_cores": busy / wall,
             "server_cores": server_cpu / wall,
             "publisher_cores": publishers_cpu / wall,
-            "other_cores": (busy - server_cpu - publishers_cpu - own_cpu) / wall,
+            "reader_cores": reader_cpu / wall,
+            "other_cores": (busy - server_cpu - publishers_cpu - reader_cpu - own_cpu) / wall,
         }
         if mode == "prefill":
             result.update(
@@ -467,6 +625,24 @@ async def phase(
                     "delay_p99": _pct(delays, 0.99),
                     "delay_max": max(delays, default=float("nan")),
                     "catch_up_s": (caught_up - end) if caught_up is not None else None,
+                }
+            )
+        if live:
+            steady = [(t, n) for t, n in live["samples"] if steady0 <= t <= end]
+            live_rate = 0.0
+            if len(steady) >= 2:
+                live_rate = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
+            result.update(
+                {
+                    "live_rate": live_rate,
+                    "live_received": live["received"],
+                    "live_missed": sent - live["received"],
+                    "live_missed_pct": 100.0 * (sent - live["received"]) / max(1, sent),
+                    "live_delay_p50": _pct(live["delays"], 0.5),
+                    "live_delay_max": max(live["delays"], default=float("nan")),
+                    "live_after_end_s": max(0.0, live["last"] - end) if live["last"] else None,
+                    "live_closed": live["closed"] or "no",
+                    "live_errors": "; ".join(live["errors"]) or "none",
                 }
             )
         result["no_loss_no_dup"] = (
@@ -501,7 +677,7 @@ def _median(results: list[dict[str, Any]], name: str, key: str) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     rates = [float(r) for r in args.rate.split(",")]
-    modes = args.modes.split(",")
+    modes = args.modes.split(",") + (["republish", "live"] if args.republish else [])
     workdir = Path(tempfile.mkdtemp(prefix="ssmd-bench-aggregate-"))
     print(
         f"# {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; {args.shards} shards, "
@@ -544,6 +720,25 @@ async def main(args: argparse.Namespace) -> None:
             f"{_median(results, agg, 'server_us_per_msg'):.1f} vs "
             f"{_median(results, f'baseline@{label}', 'server_us_per_msg'):.1f} µs/msg"
         )
+    labels = [f"{r:.0f}" for r in rates] + (["max"] if args.max_seconds > 0 else [])
+    for label, mode in [(x, m) for m in ("republish", "live") if m in modes for x in labels]:
+        rep = f"{mode}@{label}"
+        client = (
+            f"ssmd-client {_median(results, rep, 'client_rate'):,.0f}/s, delay max "
+            f"{_median(results, rep, 'delay_max') * 1000:,.0f} ms"
+            if mode == "republish"
+            else "no ssmd-client"
+        )
+        print(
+            f"{'paced ' + label if label != 'max' else 'unpaced'}, republish on ({mode}): shard "
+            f"streams {_median(results, rep, 'shard_rate'):,.0f}/s | live reader "
+            f"{_median(results, rep, 'live_rate'):,.0f}/s, missed "
+            f"{_median(results, rep, 'live_missed'):,.0f} "
+            f"({_median(results, rep, 'live_missed_pct'):.2f} %), delay p50 "
+            f"{_median(results, rep, 'live_delay_p50') * 1000:,.1f} ms, max "
+            f"{_median(results, rep, 'live_delay_max') * 1000:,.0f} ms | {client} | "
+            f"nats-server {_median(results, rep, 'server_us_per_msg'):.1f} µs/msg"
+        )
     if args.prefill > 0:
         print(
             f"sourcing alone (shard streams pre-filled, then ssmd-client created): "
@@ -566,6 +761,12 @@ def cli() -> None:
     )
     parser.add_argument("--modes", default="baseline,aggregate", help=argparse.SUPPRESS)
     parser.add_argument(
+        "--republish",
+        action="store_true",
+        help="add the republish phase: shard streams republish to md.kalshi.> on core NATS, "
+        "a live reader process counts what it receives (missed = published - received)",
+    )
+    parser.add_argument(
         "--prefill",
         type=float,
         default=10.0,
@@ -582,6 +783,10 @@ def cli() -> None:
     args = parser.parse_args()
     if args.role:
         role, *rest = args.role
+        if role == "read":
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            role_read(*rest)
+            return
         if role != "publish":
             raise SystemExit(f"unknown role {role}")
         url, shards, targets, rate, seconds, tag = rest
