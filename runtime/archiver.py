@@ -244,12 +244,7 @@ class Archiver:
             await self._ensure_consumer()
             if self._metrics_port is not None:
                 self.health = HealthServer(self.registry, self._health, self._metrics_port)
-                try:
-                    await self.health.start()
-                except OSError as exc:
-                    raise SsmdError(
-                        f"cannot serve metrics on port {self._metrics_port}: {exc.strerror}"
-                    ) from None
+                await self.health.start()
             await self.pull.start()
             self._consume_task = asyncio.create_task(self._consume(), name="consume")
             self._consume_task.add_done_callback(self._task_done)

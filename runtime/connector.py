@@ -346,12 +346,7 @@ class Connector:
         )
         if self._metrics_port is not None:
             self.health = HealthServer(self.registry, self._health, self._metrics_port)
-            try:
-                await self.health.start()
-            except OSError as exc:
-                raise SsmdError(
-                    f"cannot serve metrics on port {self._metrics_port}: {exc.strerror}"
-                ) from None
+            await self.health.start()
         await self.publisher.start()
         await self.membership.peek()  # our share, before the others know about us
         await self._apply_subscriptions()

@@ -13,6 +13,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ssmd_infra.errors import SsmdError
+
 HealthCheck = Callable[[], tuple[bool, str]]
 
 
@@ -59,13 +61,18 @@ class HealthServer:
         return web.Response(status=200 if ok else 503, text=detail + "\n")
 
     async def start(self) -> None:
+        """Listen; a port that cannot be bound (in use, not permitted) is a user error."""
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise SsmdError(f"cannot serve metrics on port {self._port}: {exc.strerror}") from None
         if self._port == 0:  # an ephemeral port was asked for: report the real one
             server = site._server
             sockets = getattr(server, "sockets", None)  # asyncio.Server; typed as AbstractServer
