@@ -16,15 +16,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from cli_runner import Ssmd, in_process
 
 from ssmd_infra import redis_keys
-from ssmd_infra.cli import main
 from ssmd_infra.envedit import EditRefused, write_atomically
 from ssmd_infra.environment import parse_environment
 from ssmd_infra.live import ShardLive, read_live, shard_status
@@ -86,16 +85,6 @@ shards:
 """
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-Ssmd = Callable[..., Result]
-
-
 @pytest.fixture
 def ssmd(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -104,17 +93,7 @@ def ssmd(
     monkeypatch.delenv("SSMD_REDIS_URL", raising=False)
     monkeypatch.chdir(tmp_path)  # no `ssmd local up` state here
 
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    yield run
+    yield in_process(capsys)
 
 
 @pytest.fixture

@@ -18,8 +18,7 @@ import shutil
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,9 +27,9 @@ import nats
 import pytest
 import redis
 import yaml
+from cli_runner import Ssmd, in_process
 
 from ssmd_infra import redis_keys, rollout
-from ssmd_infra.cli import main
 from ssmd_infra.environment import load_environment
 from ssmd_infra.natsstreams import reconcile_streams
 from ssmd_infra.streams import stream_specs
@@ -55,16 +54,6 @@ RATES = {
         "tier2": {"FED-25DEC-T4.25": 10.0},
     },
 }
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-Ssmd = Callable[..., Result]
 
 
 def git(repo: Path, *args: str) -> str:
@@ -106,17 +95,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def ssmd(capsys: pytest.CaptureFixture[str]) -> Iterator[Ssmd]:
     """Run `ssmd ARGS...` in-process, as the console script does."""
 
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    yield run
+    yield in_process(capsys)
 
 
 @pytest.fixture
