@@ -7,8 +7,8 @@ program with the message alone, no traceback.
 
 import pulumi
 
-from ssmd_infra.components import deploy
-from ssmd_infra.errors import SsmdError
+from ssmd_infra.core.errors import SsmdError
+from ssmd_infra.pulumi.components import deploy
 
 try:
     environment = deploy(pulumi.get_stack())

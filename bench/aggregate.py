@@ -7,8 +7,8 @@
 The client stream sources every shard stream with a subject transform (one sourcing
 goroutine per source in nats-server); it has been reported to top out near 20k msg/s on
 some deployments, while the seed's tier1 + tier2 alone is 53k msg/s. This measures it
-here, with the project's own stream code (`ssmd_infra.streams.stream_specs` +
-`ssmd_infra.natsstreams.reconcile_streams`) on a real nats-server ≥ 2.10 on loopback.
+here, with the project's own stream code (`ssmd_infra.core.streams.stream_specs` +
+`ssmd_infra.adapters.jetstream.reconcile_streams`) on a real nats-server ≥ 2.10 on loopback.
 
 Input: realistic ~288-byte Kalshi `trade` frames with `Nats-Msg-Id`, published into the
 shard streams by `--publishers` processes (one per shard by default, like the connectors)
@@ -72,16 +72,16 @@ import nats  # noqa: E402
 import psutil  # noqa: E402
 from nats.aio.client import Client  # noqa: E402
 
-from ssmd_infra.environment import parse_environment  # noqa: E402
-from ssmd_infra.natsstreams import reconcile_streams  # noqa: E402
-from ssmd_infra.servers import ServerProcess, start_nats  # noqa: E402
-from ssmd_infra.streams import StreamSpec, internal_stream_spec, stream_specs  # noqa: E402
-from ssmd_infra.subjects import (  # noqa: E402
+from ssmd_infra.adapters.jetstream import reconcile_streams  # noqa: E402
+from ssmd_infra.core.environment import parse_environment  # noqa: E402
+from ssmd_infra.core.streams import StreamSpec, internal_stream_spec, stream_specs  # noqa: E402
+from ssmd_infra.core.subjects import (  # noqa: E402
     CLIENT_STREAM,
     client_feed_wildcard,
     internal_stream,
     internal_subject,
 )
+from ssmd_infra.local.servers import ServerProcess, start_nats  # noqa: E402
 
 FEED = "kalshi"
 TICKERS_PER_SHARD = 100

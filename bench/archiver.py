@@ -49,11 +49,11 @@ import psutil  # noqa: E402
 from nats.js.api import AckPolicy, ConsumerConfig  # noqa: E402
 from nats.js.errors import NotFoundError  # noqa: E402
 
-from ssmd_infra.environment import load_environment  # noqa: E402
-from ssmd_infra.natsstreams import reconcile_streams  # noqa: E402
-from ssmd_infra.servers import free_port, start_nats  # noqa: E402
-from ssmd_infra.streams import stream_specs  # noqa: E402
-from ssmd_infra.subjects import internal_stream, internal_subject  # noqa: E402
+from ssmd_infra.adapters.jetstream import reconcile_streams  # noqa: E402
+from ssmd_infra.core.environment import load_environment  # noqa: E402
+from ssmd_infra.core.streams import stream_specs  # noqa: E402
+from ssmd_infra.core.subjects import internal_stream, internal_subject  # noqa: E402
+from ssmd_infra.local.servers import free_port, start_nats  # noqa: E402
 
 SHARD = "bench"
 FEED = "kalshi"

@@ -53,8 +53,8 @@ import msgspec  # noqa: E402
 import nats  # noqa: E402
 import psutil  # noqa: E402
 
-from ssmd_infra.servers import free_port, start_nats  # noqa: E402
-from ssmd_infra.subjects import internal_stream, internal_subject  # noqa: E402
+from ssmd_infra.core.subjects import internal_stream, internal_subject  # noqa: E402
+from ssmd_infra.local.servers import free_port, start_nats  # noqa: E402
 
 SHARD = "bench"
 FEED = "kalshi"
@@ -380,9 +380,9 @@ class Bench:
         return self.role("baseline", ws_url, self.nats.url)
 
     async def reset_stream(self) -> None:
-        from ssmd_infra.environment import load_environment
-        from ssmd_infra.natsstreams import reconcile_streams
-        from ssmd_infra.streams import internal_stream_spec
+        from ssmd_infra.adapters.jetstream import reconcile_streams
+        from ssmd_infra.core.environment import load_environment
+        from ssmd_infra.core.streams import internal_stream_spec
 
         env = load_environment(self.env_file)
         nc = await nats.connect(self.nats.url)

@@ -26,12 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ssmd_infra import manifests  # noqa: E402
-from ssmd_infra.environment import load_environment  # noqa: E402
-from ssmd_infra.pulumi_offline import run_program  # noqa: E402
-from ssmd_infra.resolution import resolve  # noqa: E402
-from ssmd_infra.secmaster import merge_symbols  # noqa: E402
-from ssmd_infra.stack_config import parse_stack_config  # noqa: E402
+from ssmd_infra.core.environment import load_environment  # noqa: E402
+from ssmd_infra.core.resolution import resolve  # noqa: E402
+from ssmd_infra.core.secmaster import merge_symbols  # noqa: E402
+from ssmd_infra.pulumi import manifests  # noqa: E402
+from ssmd_infra.pulumi.offline import run_program  # noqa: E402
+from ssmd_infra.pulumi.stack_config import parse_stack_config  # noqa: E402
 
 CATEGORIES = ["crypto", "financials", "climate", "economics", "politics", "sports", "culture"]
 

@@ -35,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ssmd_infra.environment import Environment, parse_environment  # noqa: E402
-from ssmd_infra.resolution import resolve  # noqa: E402
+from ssmd_infra.core.environment import Environment, parse_environment  # noqa: E402
+from ssmd_infra.core.resolution import resolve  # noqa: E402
 
 MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
 # categories served by equality shards (category × tier), by list shards (series lists),

@@ -85,16 +85,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from runtime.archive_files import ArchiveWriter, FileKey, Group, RecoveryReport
+from runtime.archive_files import ArchiveWriter, FileKey, Group, RecoveryReport, finalize_shard
 from runtime.health import HealthServer, ShardMetrics
 from runtime.jspull import Delivery, PullClient
 from runtime.membership import redis_client
 from runtime.procstats import ProcStats
 from runtime.tasks import cancel
-from ssmd_infra import redis_keys
-from ssmd_infra.environment import Environment
-from ssmd_infra.errors import ConfigError, SsmdError
-from ssmd_infra.subjects import INTERNAL_PREFIX, decode_symbol, internal_stream
+from ssmd_infra.core import redis_keys
+from ssmd_infra.core.environment import Environment
+from ssmd_infra.core.errors import ConfigError, SsmdError
+from ssmd_infra.core.subjects import INTERNAL_PREFIX, decode_symbol, internal_stream
 
 log = logging.getLogger("ssmd.archiver")
 
@@ -916,13 +916,19 @@ def archiver_command(
         None, "--rotation", help="Seconds before a file is closed (default: archiver.rotation)."
     ),
     log_level: str = typer.Option("INFO", "--log-level"),
+    recover_only: bool = typer.Option(
+        False,
+        "--recover-only",
+        help="Only finish what earlier archivers of SHARD left under --data-dir (.part files "
+        "and manifests), without NATS, then exit. Never while an archiver of SHARD runs.",
+    ),
 ) -> None:
     """Drain one shard's stream into gzip JSONL files (at least once, fsync before ack)."""
     # from the first moment: a SIGTERM during start-up is a clean stop, not a death by signal
     early_signals: list[int] = []
     for sig in _STOP_SIGNALS:
         signal.signal(sig, lambda signum, _frame: early_signals.append(signum))
-    from ssmd_infra.environment import load_environment
+    from ssmd_infra.core.environment import load_environment
 
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -941,6 +947,14 @@ def archiver_command(
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SsmdError(f"cannot create --data-dir {data_dir}: {exc.strerror}") from None
+    if recover_only:
+        report = finalize_shard(data_dir, shard, internal_stream(shard))
+        print(
+            f"archiver {shard}: {report.parts} open file(s) finalised "
+            f"({report.lines} lines accounted for)",
+            flush=True,
+        )
+        return
 
     async def main() -> None:  # built inside the loop: the pull client binds to it
         archiver = Archiver(

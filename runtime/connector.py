@@ -48,12 +48,12 @@ from runtime.membership import Membership, redis_client
 from runtime.procstats import ProcStats
 from runtime.publisher import JetStreamPublisher
 from runtime.tasks import cancel
-from ssmd_infra import redis_keys
-from ssmd_infra.environment import Environment
-from ssmd_infra.errors import ConfigError, SsmdError
-from ssmd_infra.resolution import resolve, resolve_with_problems
-from ssmd_infra.secmaster import SymbolSource, merge_symbols
-from ssmd_infra.subjects import internal_subject
+from ssmd_infra.core import redis_keys
+from ssmd_infra.core.environment import Environment
+from ssmd_infra.core.errors import ConfigError, SsmdError
+from ssmd_infra.core.resolution import resolve, resolve_with_problems
+from ssmd_infra.core.secmaster import SymbolSource, merge_symbols
+from ssmd_infra.core.subjects import internal_subject
 
 log = logging.getLogger("ssmd.connector")
 
@@ -761,7 +761,7 @@ def connector_command(
     ),
 ) -> None:
     """Forward one shard's Kalshi market data into its NATS stream."""
-    from ssmd_infra.environment import load_environment
+    from ssmd_infra.core.environment import load_environment
 
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ssmd_infra.errors import SsmdError
+from ssmd_infra.core.errors import SsmdError
 
 HealthCheck = Callable[[], tuple[bool, str]]
 

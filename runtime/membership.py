@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ssmd_infra import redis_keys
+from ssmd_infra.core import redis_keys
 
 log = logging.getLogger("ssmd.membership")
 

@@ -10,56 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from ssmd_infra.errors import ConfigError
+from ssmd_infra.core.errors import ConfigError
+from ssmd_infra.core.nats_url import ServerAddress, parse_nats_urls
 
 CRLF = b"\r\n"
 PING = b"PING\r\n"
 PONG = b"PONG\r\n"
 
 
-@dataclass(frozen=True, slots=True)
-class ServerAddress:
-    host: str
-    port: int
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-
-    def __str__(self) -> str:
-        return f"nats://{self.host}:{self.port}"
-
-
 def parse_servers(urls: str) -> list[ServerAddress]:
-    """`nats://host:port[,nats://...]` → addresses; a clear `ConfigError` for anything else."""
-    out: list[ServerAddress] = []
-    for raw in (part.strip() for part in urls.split(",")):
-        if not raw:
-            continue
-        parts = urlsplit(raw if "://" in raw else f"nats://{raw}")
-        if parts.scheme != "nats":
-            raise ConfigError(
-                f"NATS URL {raw!r}: scheme {parts.scheme!r} is not supported "
-                f"by the connector's publisher (use nats://host:port)"
-            )
-        try:
-            port = parts.port or 4222
-        except ValueError:
-            raise ConfigError(f"NATS URL {raw!r}: bad port") from None
-        if not parts.hostname:
-            raise ConfigError(f"NATS URL {raw!r}: no host")
-        user = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password else None
-        token = None
-        if user is not None and password is None:
-            token, user = user, None
-        out.append(ServerAddress(parts.hostname, port, user, password, token))
-    if not out:
-        raise ConfigError(f"no NATS server in {urls!r}")
-    return out
+    """`urls` → addresses, by the one URL rule (`ssmd_infra.core.nats_url`)."""
+    servers = parse_nats_urls(urls)
+    for server in servers:
+        if server.tls:
+            raise ConfigError(f"NATS URL {server}: TLS is not spoken by this client yet")
+    return servers
 
 
 def check_info(info: dict[str, Any], speaker: str) -> None:

@@ -45,7 +45,6 @@ from runtime.natswire import (
     CRLF,
     PING,
     PONG,
-    ServerAddress,
     check_info,
     connect_and_subscribe,
     error_text,
@@ -53,6 +52,7 @@ from runtime.natswire import (
     set_info,
 )
 from runtime.tasks import cancel_all
+from ssmd_infra.core.nats_url import ServerAddress
 
 log = logging.getLogger("ssmd.publisher")
 

@@ -7,4 +7,5 @@ bash scripts/setup.sh
 .venv/bin/ruff check ssmd_infra runtime tests bench __main__.py
 .venv/bin/ruff format --check ssmd_infra runtime tests bench __main__.py
 .venv/bin/mypy
+.venv/bin/lint-imports
 .venv/bin/python -m pytest -q "$@"

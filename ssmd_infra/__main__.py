@@ -1,5 +1,5 @@
 """`python -m ssmd_infra` is the `ssmd` command."""
 
-from ssmd_infra.cli import main
+from ssmd_infra.cli.main import main
 
 main()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ssmd_infra.cli import main
+from ssmd_infra.cli.main import main
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Shared fixtures: real nats-server and redis-server on free loopback ports.
 
 Session-scoped servers are shared by tests that only need *a* server; tests that kill or
-restart a server start their own with `ssmd_infra.servers`.
+restart a server start their own with `ssmd_infra.local.servers`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ssmd_infra.servers import ServerProcess, start_nats, start_redis
+from ssmd_infra.local import servers
+from ssmd_infra.local.servers import ServerProcess, start_nats, start_redis
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,3 +39,26 @@ def nats_url(nats_server: ServerProcess) -> str:
 @pytest.fixture
 def redis_url(redis_server: ServerProcess) -> str:
     return redis_server.url
+
+
+SERVER_FIXTURES = frozenset({"nats_server", "redis_server", "nats_url", "redis_url"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
+@pytest.fixture(autouse=True)
+def _servers_only_when_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("servers") is not None:
+        return
+
+    def refuse(name: str) -> str:
+        raise AssertionError(
+            f"this test starts {name} but is not marked `servers` "
+            f"(add pytestmark = pytest.mark.servers to its module)"
+        )
+
+    monkeypatch.setattr(servers, "find_binary", refuse)

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ssmd_infra.errors import SsmdError
+from ssmd_infra.core.errors import SsmdError
 
 KEY_HEADER = "KALSHI-ACCESS-KEY"
 TIMESTAMP_HEADER = "KALSHI-ACCESS-TIMESTAMP"

@@ -43,7 +43,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
 from websockets.uri import WebSocketURI, parse_uri
 
-from ssmd_infra.errors import ConfigError, SsmdError
+from ssmd_infra.core.errors import ConfigError, SsmdError
 
 from .auth import KalshiSigner
 from .protocol import (

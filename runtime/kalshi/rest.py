@@ -19,7 +19,7 @@ cursor is an error), caches (`cache_size`), concurrent lookups (`concurrency`).
 `symbols()` is synchronous because its callers are: the connector resolves in a worker
 thread (`asyncio.to_thread`), the CLI and the Pulumi program are plain functions. It runs
 one short-lived event loop per listing; async callers can `await fetch()` instead. Merging
-with the environment's manual symbols is `ssmd_infra.secmaster.merge_symbols`, not here.
+with the environment's manual symbols is `ssmd_infra.core.secmaster.merge_symbols`, not here.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from ssmd_infra.errors import SsmdError
+from ssmd_infra.core.errors import SsmdError
 
 from .auth import KalshiSigner
 

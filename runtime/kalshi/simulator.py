@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 from aiohttp import WSMsgType, web
 
-from ssmd_infra.errors import SsmdError
+from ssmd_infra.core.errors import SsmdError
 
 from .auth import load_public_key, verify_headers
 from .protocol import MAX_TICKERS_PER_SUBSCRIPTION, message_id

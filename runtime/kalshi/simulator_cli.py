@@ -12,9 +12,10 @@ from pathlib import Path
 
 import typer
 
-from ssmd_infra.environment import load_environment
-from ssmd_infra.errors import SsmdError
+from ssmd_infra.core.environment import load_environment
+from ssmd_infra.core.errors import SsmdError
 
+from .auth import generate_key_pair
 from .simulator import KalshiSimulator
 
 
@@ -47,12 +48,25 @@ def simulator_command(
     public_key: Path | None = typer.Option(
         None, "--public-key", help="PEM public key; signatures are checked against it"
     ),
+    key_dir: Path | None = typer.Option(
+        None,
+        "--key-dir",
+        help="generate a fresh key pair here (kalshi-private.pem for the clients, mode 0600) "
+        "and check signatures against its public half; instead of --public-key",
+    ),
     synthetic: int = typer.Option(0, "--synthetic", help="extra synthetic markets"),
     seed: int = typer.Option(0, "--seed", help="random seed for generated data"),
 ) -> None:
     """Serve a simulated Kalshi WebSocket v2 + REST API for ENV's symbols."""
     environment = load_environment(env)
     pem: bytes | None = None
+    if public_key is not None and key_dir is not None:
+        raise SsmdError("give --public-key or --key-dir, not both")
+    if key_dir is not None:
+        try:
+            _, public_key = generate_key_pair(key_dir)
+        except OSError as exc:
+            raise SsmdError(f"cannot write a key pair into --key-dir {key_dir}: {exc}") from None
     if public_key is not None:
         try:
             pem = public_key.read_bytes()

@@ -1,0 +1,316 @@
+"""Pulumi components: one for the environment, one per shard.
+
+Style as in Pulumi's Kubernetes examples: one `ComponentResource` per concept, typed args
+dataclasses, `parent=self` on every child, `register_outputs` at the end. The Kubernetes
+objects themselves come from the pure builders in `ssmd_infra.pulumi.manifests`, so what is
+declared here is exactly what the offline schema validation checks.
+
+Everything that can be wrong with the input (stack config, environment file, resolution,
+stream limits, ConfigMap size) is checked in `load_inputs` before the first resource is
+declared: a bad input declares nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_docker_build as docker_build
+import pulumi_kubernetes as k8s
+
+from ssmd_infra.core import workload
+from ssmd_infra.core.environment import Environment, load_environment
+from ssmd_infra.core.errors import ConfigError, Problem
+from ssmd_infra.core.resolution import Layout, layout_of
+from ssmd_infra.core.stream_rules import spec_problems
+from ssmd_infra.core.streams import StreamSpec, client_stream_spec, internal_stream_spec
+from ssmd_infra.core.subjects import CLIENT_STREAM, client_feed_wildcard, internal_wildcard
+from ssmd_infra.pulumi import manifests
+from ssmd_infra.pulumi.stack_config import PREFIX, PRIVATE_KEY, StackConfig, parse_stack_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO_ROOT / "runtime" / "Dockerfile"
+# Placeholder while the objects are built for validation; `with_image` puts in the build's ref.
+IMAGE_PENDING = "image-pending"
+
+
+@dataclass(frozen=True)
+class DeploymentInputs:
+    """Validated inputs of the whole program; building it declares no resource."""
+
+    config: StackConfig
+    env: Environment
+    layout: Layout
+    internal_streams: dict[str, StreamSpec]
+    client_stream: StreamSpec
+    # every shard's objects, built (and so checked) before any resource is declared
+    shard_objects: dict[str, manifests.ShardObjects]
+    private_key: pulumi.Output[str] | None = None
+
+
+def _raw_config() -> tuple[dict[str, object], set[str]]:
+    """Every `ssmd:` key of the stack and which are secret (to catch typos and clear secrets)."""
+    from pulumi.runtime import config as runtime_config
+
+    keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    values: dict[str, object] = {}
+    secret: set[str] = set()
+    for full in keys:
+        namespace, _, key = full.partition(":")
+        if namespace != PREFIX or not key:
+            continue
+        values[key] = runtime_config.get_config(full)
+        if (
+            runtime_config.is_config_secret(full)
+            or full in runtime_config.get_config_secret_keys_env()
+        ):
+            secret.add(key)
+    return values, secret
+
+
+def load_inputs(stack: str) -> DeploymentInputs:
+    """Read and validate stack config, environment, resolution and streams; raise `ConfigError`."""
+    values, secret = _raw_config()
+    env: Environment | None = None
+    env_error: ConfigError | None = None
+    env_ref = str(values.get("environment") or "").strip()
+    if env_ref:
+        try:
+            env = load_environment(env_ref)
+        except ConfigError as exc:
+            env_error = exc
+    try:
+        config = parse_stack_config(
+            stack, values, secret_keys=secret, feed=env.feed if env is not None else None
+        )
+    except ConfigError as exc:  # report the stack's and the environment's problems together
+        raise ConfigError(exc.problems + (env_error.problems if env_error else [])) from None
+    if env_error is not None:
+        raise env_error
+    assert env is not None
+    layout = layout_of(env)
+    internal = {name: internal_stream_spec(env, name) for name in env.shards}
+    client = client_stream_spec(env)
+    problems = [
+        Problem(p, file=env.file, path="streams")
+        for spec in [*internal.values(), client]
+        for p in spec_problems(spec)
+    ]
+    ConfigError.collect(problems)
+    private_key = pulumi.Config(PREFIX).get_secret(PRIVATE_KEY) if config.has_private_key else None
+    objects = {
+        name: manifests.shard_objects(
+            manifests.ShardContext(env, layout, env.shards[name], config, image=IMAGE_PENDING)
+        )
+        for name in env.shards
+    }
+    return DeploymentInputs(
+        config=config,
+        env=env,
+        layout=layout,
+        internal_streams=internal,
+        client_stream=client,
+        shard_objects=objects,
+        private_key=private_key,
+    )
+
+
+def _summary(inputs: DeploymentInputs, shard: str) -> dict[str, Any]:
+    """A shard's stack output: what `pulumi stack output shards` shows operators."""
+    spec = inputs.env.shards[shard]
+    return {
+        "symbols": len(inputs.layout.symbols_of(shard)),
+        "symbols_complete": inputs.env.secmaster.source == "manual",
+        "subjects": internal_wildcard(shard),
+        "stream": inputs.internal_streams[shard].name,
+        "connector": workload.connector_name(shard),
+        "archiver": workload.archiver_name(shard),
+        "replicas": {"min": spec.min_replicas, "max": spec.replicas},
+        "config_checksum": inputs.shard_objects[shard].checksum,
+    }
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def _k8s(
+    kind: str, name: str, obj: dict[str, Any], opts: pulumi.ResourceOptions
+) -> pulumi.CustomResource:
+    """Declare `obj` (a full manifest dict) with the matching typed pulumi_kubernetes class."""
+    # Top-level fields are Python keyword arguments (snake_case); nested dicts pass through
+    # with their Kubernetes (camelCase) names unchanged.
+    body = {_snake(k): v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+    classes: dict[str, Any] = {
+        "Namespace": k8s.core.v1.Namespace,
+        "ServiceAccount": k8s.core.v1.ServiceAccount,
+        "Secret": k8s.core.v1.Secret,
+        "ConfigMap": k8s.core.v1.ConfigMap,
+        "Service": k8s.core.v1.Service,
+        "Deployment": k8s.apps.v1.Deployment,
+        "StatefulSet": k8s.apps.v1.StatefulSet,
+        "HorizontalPodAutoscaler": k8s.autoscaling.v2.HorizontalPodAutoscaler,
+        "PodDisruptionBudget": k8s.policy.v1.PodDisruptionBudget,
+    }
+    resource: pulumi.CustomResource = classes[kind](name, opts=opts, **body)
+    return resource
+
+
+@dataclass(frozen=True)
+class ShardArgs:
+    """Inputs of one shard's component."""
+
+    name: str
+    objects: manifests.ShardObjects
+    summary: dict[str, Any]
+    stream: StreamSpec
+    nats_admin_url: str
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+
+
+class ShardComponent(pulumi.ComponentResource):
+    """One shard: ConfigMap, connector Deployment + HPA + PDB, archiver StatefulSet, stream."""
+
+    def __init__(
+        self, name: str, args: ShardArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("ssmd:index:Shard", name, None, opts)
+        from ssmd_infra.pulumi.stream_provider import NatsStream
+
+        objects = args.objects
+        child = pulumi.ResourceOptions(parent=self, depends_on=args.depends_on)
+        shard = args.name
+        self.config_map = _k8s("ConfigMap", f"{shard}-config", objects.config_map, child)
+        self.stream = NatsStream(
+            f"{shard}-stream", args.stream, args.nats_admin_url, pulumi.ResourceOptions(parent=self)
+        )
+        workload = pulumi.ResourceOptions(
+            parent=self, depends_on=[*args.depends_on, self.config_map, self.stream]
+        )
+        self.connector = _k8s("Deployment", f"{shard}-connector", objects.connector, workload)
+        self.hpa = _k8s(
+            "HorizontalPodAutoscaler",
+            f"{shard}-connector-hpa",
+            objects.hpa,
+            pulumi.ResourceOptions(parent=self, depends_on=[self.connector]),
+        )
+        self.pdb = _k8s("PodDisruptionBudget", f"{shard}-connector-pdb", objects.pdb, child)
+        self.archiver_service = _k8s(
+            "Service", f"{shard}-archiver-svc", objects.archiver_service, child
+        )
+        self.archiver = _k8s(
+            "StatefulSet",
+            f"{shard}-archiver",
+            objects.archiver,
+            pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[*args.depends_on, self.config_map, self.stream, self.archiver_service],
+            ),
+        )
+        self.summary = args.summary
+        self.register_outputs(self.summary)
+
+
+@dataclass(frozen=True)
+class EnvironmentArgs:
+    inputs: DeploymentInputs
+
+
+class EnvironmentComponent(pulumi.ComponentResource):
+    """The environment: namespace (if asked), ServiceAccount, credentials Secret, runtime image,
+    one `ShardComponent` per shard and the client stream that merges them."""
+
+    def __init__(
+        self, name: str, args: EnvironmentArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("ssmd:index:Environment", name, None, opts)
+        from ssmd_infra.pulumi.stream_provider import NatsStream
+
+        inputs = args.inputs
+        env, config = inputs.env, inputs.config
+        child = pulumi.ResourceOptions(parent=self)
+        base: list[pulumi.Resource] = []
+        if config.create_namespace:
+            self.namespace: pulumi.CustomResource | None = _k8s(
+                "Namespace", "namespace", manifests.namespace(env, config), child
+            )
+            base.append(self.namespace)
+        else:
+            self.namespace = None
+        after_ns = pulumi.ResourceOptions(parent=self, depends_on=list(base))
+        self.service_account = _k8s(
+            "ServiceAccount", "service-account", manifests.service_account(env, config), after_ns
+        )
+        base.append(self.service_account)
+        self.secret: pulumi.CustomResource | None = None
+        if inputs.private_key is not None:
+            secret_obj = manifests.kalshi_secret(env, config, inputs.private_key)
+            self.secret = _k8s(
+                "Secret",
+                "kalshi-credentials",
+                secret_obj,
+                pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=list(base),
+                    additional_secret_outputs=["stringData", "data"],
+                ),
+            )
+            base.append(self.secret)
+        self.image_ref = self._image(config)
+
+        self.shards: dict[str, ShardComponent] = {}
+        for shard in env.shards:
+            self.shards[shard] = ShardComponent(
+                shard,
+                ShardArgs(
+                    name=shard,
+                    objects=inputs.shard_objects[shard].with_image(self.image_ref),
+                    summary=_summary(inputs, shard),
+                    stream=inputs.internal_streams[shard],
+                    nats_admin_url=config.nats_admin_url,
+                    depends_on=list(base),
+                ),
+                child,
+            )
+        self.client_stream = NatsStream(
+            "client-stream",
+            inputs.client_stream,
+            config.nats_admin_url,
+            pulumi.ResourceOptions(
+                parent=self, depends_on=[s.stream for s in self.shards.values()]
+            ),
+        )
+        self.outputs: dict[str, Any] = {
+            "environment": env.name,
+            "namespace": config.namespace,
+            "image": self.image_ref,
+            "client_subjects": client_feed_wildcard(env.feed),
+            "client_stream": CLIENT_STREAM,
+            "shards": {name: s.summary for name, s in self.shards.items()},
+        }
+        self.register_outputs(self.outputs)
+
+    def _image(self, config: StackConfig) -> pulumi.Output[str]:
+        """The digest-pinned runtime image: built and pushed here unless `ssmd:image` is given."""
+        if config.image is not None:
+            return pulumi.Output.from_input(config.image)
+        assert config.image_repository is not None
+        self.image = docker_build.Image(
+            "runtime-image",
+            context=docker_build.BuildContextArgs(location=str(REPO_ROOT)),
+            dockerfile=docker_build.DockerfileArgs(location=str(DOCKERFILE)),
+            platforms=[docker_build.Platform.LINUX_AMD64],
+            push=True,
+            tags=[f"{config.image_repository}:{config.image_tag}"],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return self.image.ref
+
+
+def deploy(stack: str) -> EnvironmentComponent:
+    """The whole program: validate everything, then declare the environment component."""
+    inputs = load_inputs(stack)
+    return EnvironmentComponent(inputs.env.name, EnvironmentArgs(inputs))

@@ -1,0 +1,596 @@
+"""The Kubernetes objects of an environment, as plain dicts (no Pulumi import).
+
+Pure builders so the exact objects the Pulumi components declare can be rendered and
+validated offline against the Kubernetes OpenAPI schema, and read in a review. The
+components (`ssmd_infra.pulumi.components`) pass these dicts to `pulumi_kubernetes` unchanged;
+only the image reference and the Kalshi credentials arrive as Pulumi outputs, which is why
+those two parameters are typed `object`.
+
+Per shard: a ConfigMap (environment.yaml + assignment.json; its checksum annotates the pod
+templates so a change rolls the pods at `pulumi up`), the connector Deployment, its
+HorizontalPodAutoscaler and PodDisruptionBudget, the archiver StatefulSet (one replica, a
+persistent volume per shard) and its headless Service.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ssmd_infra.core.environment import Environment, Shard
+from ssmd_infra.core.errors import ConfigError
+from ssmd_infra.core.resolution import Layout
+from ssmd_infra.core.subjects import (
+    CLIENT_STREAM,
+    client_feed_wildcard,
+    internal_feed_wildcard,
+    internal_stream,
+    internal_wildcard,
+)
+from ssmd_infra.core.workload import (
+    STATEFULSET_NAME_LIMIT,
+    Endpoints,
+    archiver_name,
+    archiver_workload,
+    connector_name,
+    connector_workload,
+)
+from ssmd_infra.pulumi.stack_config import StackConfig
+
+Obj = dict[str, Any]
+
+APP_NAME = "ssmd"
+CONFIG_DIR = "/etc/ssmd"
+ENVIRONMENT_FILE = f"{CONFIG_DIR}/environment.yaml"
+ASSIGNMENT_FILE = f"{CONFIG_DIR}/assignment.json"
+SECRET_DIR = "/var/run/secrets/kalshi"
+PRIVATE_KEY_FILE = "private-key.pem"
+API_KEY_ID_KEY = "api-key-id"
+ARCHIVE_DIR = "/var/lib/ssmd/archive"
+SERVICE_ACCOUNT = "ssmd"
+SECRET_NAME = "ssmd-kalshi-credentials"
+CHECKSUM_ANNOTATION = "ssmd.io/config-checksum"
+RUN_AS = 10001  # the image's non-root user (runtime/Dockerfile)
+# A ConfigMap holds at most 1 MiB; leave room for metadata.
+CONFIGMAP_LIMIT = 1_000_000
+
+
+def config_map_name(shard: str) -> str:
+    return f"ssmd-shard-{shard}"
+
+
+def selector_labels(env: Environment, shard: str, component: str) -> dict[str, str]:
+    """The immutable subset used in selectors: never add a label that may change."""
+    return {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/instance": f"{env.name}-{shard}"[:63].rstrip("-"),
+        "app.kubernetes.io/component": component,
+    }
+
+
+def labels(env: Environment, shard: str | None, component: str) -> dict[str, str]:
+    """Recommended `app.kubernetes.io/*` labels plus the ssmd shard and environment."""
+    out = {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": APP_NAME,
+        "app.kubernetes.io/managed-by": "pulumi",
+        "ssmd.io/environment": env.name,
+    }
+    if shard is not None:
+        out.update(selector_labels(env, shard, component))
+        out["ssmd.io/shard"] = shard
+    else:
+        out["app.kubernetes.io/instance"] = env.name
+    return out
+
+
+@dataclass(frozen=True)
+class ShardContext:
+    """Everything the builders of one shard need."""
+
+    env: Environment
+    layout: Layout
+    shard: Shard
+    config: StackConfig
+    image: object  # str, or a Pulumi Output[str] (digest-pinned reference)
+
+    @property
+    def name(self) -> str:
+        return self.shard.name
+
+
+def shard_environment(env: Environment, layout: Layout, shard: str) -> str:
+    """The environment as one shard's pods see it: every shard and selector, its symbols only.
+
+    The runtime resolves its own symbols from this file. Keeping every shard's selector keeps
+    carve-outs resolving the same way; keeping only this shard's symbols (and pins) keeps the
+    ConfigMap small (an environment with tens of thousands of manual symbols would not fit in
+    one) and means an edit elsewhere does not roll this shard's pods.
+    """
+    data = env.model_dump(mode="json", by_alias=True, exclude={"symbols"})
+    data["assignments"] = {s: t for s, t in env.assignments.items() if t == shard}
+    header = (
+        f"# Shard {shard!r} of environment {env.name!r}, generated from {Path(env.file or '').name}"
+        f" by the ssmd Pulumi program:\n# every shard's selector, this shard's symbols only.\n"
+    )
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's emitter when present
+    body = yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True, width=100)
+    return header + body + _symbols_block(env, layout.symbols_of(shard))
+
+
+def _symbols_block(env: Environment, symbols: list[str]) -> str:
+    """`symbols:` one per line in flow style, JSON-quoted (valid YAML, and fast to write).
+
+    A YAML emitter takes seconds for tens of thousands of symbols; JSON strings are YAML
+    double-quoted scalars, so this is exact for any ticker (dots, quotes, unicode).
+    """
+    if not symbols:
+        return "symbols: {}\n"
+    lines = ["symbols:"]
+    for symbol in (s for s in symbols if s in env.symbols):
+        attrs = ", ".join(
+            f"{json.dumps(k)}: {json.dumps(v)}" for k, v in env.symbols[symbol].items()
+        )
+        lines.append(f"  {json.dumps(symbol)}: {{{attrs}}}")
+    return "\n".join(lines) + "\n"
+
+
+def assignment(ctx: ShardContext) -> Obj:
+    """The shard's assignment as the runtime reads it; never any credential."""
+    env, shard = ctx.env, ctx.shard
+    pins = {symbol: target for symbol, target in env.assignments.items() if target == shard.name}
+    symbols = ctx.layout.symbols_of(shard.name)
+    return {
+        "environment": env.name,
+        "shard": shard.name,
+        "feed": env.feed,
+        "schema": env.schema_,
+        "selector": dict(shard.selector),
+        "pins": pins,
+        "symbols": symbols,
+        "symbol_count": len(symbols),
+        "symbols_complete": env.secmaster.source == "manual",
+        "secmaster": {
+            "source": env.secmaster.source,
+            "refresh_interval": env.secmaster.refresh_interval,
+        },
+        "subjects": {
+            "internal": internal_wildcard(shard.name),
+            "internal_feed": internal_feed_wildcard(shard.name, env.feed),
+            "client": client_feed_wildcard(env.feed),
+        },
+        "stream": internal_stream(shard.name),
+        "client_stream": CLIENT_STREAM,
+        "buffer": {"capacity": shard.buffer.capacity, "drop_policy": shard.buffer.drop_policy},
+        "autoscaling": {
+            "min_replicas": shard.min_replicas,
+            "max_replicas": shard.replicas,
+            "cpu_utilization": shard.autoscaling.cpu_utilization,
+            "message_rate": shard.autoscaling.message_rate,
+        },
+    }
+
+
+def config_data(ctx: ShardContext) -> dict[str, str]:
+    data = {
+        "environment.yaml": shard_environment(ctx.env, ctx.layout, ctx.name),
+        "assignment.json": json.dumps(assignment(ctx), indent=1, sort_keys=True) + "\n",
+    }
+    size = sum(len(v.encode()) for v in data.values())
+    if size > CONFIGMAP_LIMIT:
+        raise ConfigError(
+            f"shard {ctx.name!r}: its ConfigMap would be {size} bytes, over Kubernetes' 1 MiB "
+            f"limit ({len(ctx.layout.symbols_of(ctx.name))} symbols); split the shard"
+        )
+    return data
+
+
+def checksum(data: dict[str, str]) -> str:
+    """sha256 of a ConfigMap's data: annotating pod templates with it rolls them on change."""
+    digest = hashlib.sha256()
+    for key in sorted(data):
+        digest.update(key.encode() + b"\0" + data[key].encode() + b"\0")
+    return digest.hexdigest()
+
+
+def config_map(ctx: ShardContext, data: dict[str, str]) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(ctx, config_map_name(ctx.name), "config"),
+        "data": data,
+    }
+
+
+def _meta(ctx: ShardContext, name: str, component: str) -> Obj:
+    return {
+        "name": name,
+        "namespace": ctx.config.namespace,
+        "labels": labels(ctx.env, ctx.name, component),
+    }
+
+
+def _resources(shard: Shard) -> Obj:
+    r = shard.resources
+    return {
+        "requests": {"cpu": r.requests.cpu, "memory": r.requests.memory},
+        "limits": {"cpu": r.limits.cpu, "memory": r.limits.memory},
+    }
+
+
+def _container_security() -> Obj:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security() -> Obj:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _probes() -> Obj:
+    probe = {"httpGet": {"path": "/healthz", "port": "metrics"}, "timeoutSeconds": 2}
+    return {
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {
+            **probe,
+            "initialDelaySeconds": 15,
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+    }
+
+
+def _pod_annotations(ctx: ShardContext, data_checksum: str) -> dict[str, str]:
+    return {
+        CHECKSUM_ANNOTATION: data_checksum,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(ctx.config.metrics_port),
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def _endpoints(ctx: ShardContext) -> Endpoints:
+    return Endpoints(nats_url=ctx.config.nats_url, redis_url=ctx.config.redis_url)
+
+
+def _volumes(ctx: ShardContext, extra: list[Obj]) -> list[Obj]:
+    return [
+        {"name": "config", "configMap": {"name": config_map_name(ctx.name), "defaultMode": 0o444}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        *extra,
+    ]
+
+
+def _pod_spec(ctx: ShardContext, container: Obj, volumes: list[Obj]) -> Obj:
+    return {
+        "serviceAccountName": SERVICE_ACCOUNT,
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security(),
+        "terminationGracePeriodSeconds": 30,
+        "containers": [container],
+        "volumes": volumes,
+    }
+
+
+def _container(
+    ctx: ShardContext, role: str, args: list[str], env: list[Obj], mounts: list[Obj]
+) -> Obj:
+    return {
+        "name": role,
+        "image": ctx.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["ssmd"],
+        "args": args,
+        "env": env,
+        "ports": [{"name": "metrics", "containerPort": ctx.config.metrics_port, "protocol": "TCP"}],
+        "resources": _resources(ctx.shard),
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            *mounts,
+        ],
+        **_probes(),
+    }
+
+
+def _uses_kalshi_credentials(ctx: ShardContext) -> bool:
+    return ctx.config.has_private_key
+
+
+def connector_deployment(ctx: ShardContext, data_checksum: str) -> Obj:
+    args = connector_workload(
+        ENVIRONMENT_FILE,
+        ctx.name,
+        _endpoints(ctx),
+        metrics_port=ctx.config.metrics_port,
+        kalshi_ws_url=ctx.config.kalshi_ws_url,
+        kalshi_rest_url=ctx.config.kalshi_rest_url,
+    ).args
+    env: list[Obj] = []
+    mounts: list[Obj] = []
+    extra_volumes: list[Obj] = []
+    if _uses_kalshi_credentials(ctx):
+        env = [
+            {
+                "name": "KALSHI_API_KEY_ID",
+                "valueFrom": {"secretKeyRef": {"name": SECRET_NAME, "key": API_KEY_ID_KEY}},
+            },
+            {"name": "KALSHI_PRIVATE_KEY_PATH", "value": f"{SECRET_DIR}/{PRIVATE_KEY_FILE}"},
+        ]
+        mounts = [{"name": "kalshi-credentials", "mountPath": SECRET_DIR, "readOnly": True}]
+        extra_volumes = [
+            {
+                "name": "kalshi-credentials",
+                "secret": {
+                    "secretName": SECRET_NAME,
+                    "defaultMode": 0o440,
+                    "items": [{"key": PRIVATE_KEY_FILE, "path": PRIVATE_KEY_FILE}],
+                },
+            }
+        ]
+    container = _container(ctx, "connector", args, env, mounts)
+    select = selector_labels(ctx.env, ctx.name, "connector")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(ctx, connector_name(ctx.name), "connector"),
+        "spec": {
+            # No `replicas`: the HPA owns the count; setting it here would reset it at every
+            # `pulumi up`. A new Deployment starts at 1 and the HPA lifts it to min_replicas.
+            "selector": {"matchLabels": select},
+            "strategy": {
+                "type": "RollingUpdate",
+                # surge first: the new pod subscribes before the old one lets go (dedup by id)
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels(ctx.env, ctx.name, "connector"),
+                    "annotations": _pod_annotations(ctx, data_checksum),
+                },
+                "spec": _pod_spec(ctx, container, _volumes(ctx, extra_volumes)),
+            },
+        },
+    }
+
+
+def archiver_service(ctx: ShardContext) -> Obj:
+    """Headless Service: the StatefulSet's network identity and a metrics scrape target."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(ctx, archiver_name(ctx.name), "archiver"),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(ctx.env, ctx.name, "archiver"),
+            "ports": [
+                {"name": "metrics", "port": ctx.config.metrics_port, "targetPort": "metrics"}
+            ],
+        },
+    }
+
+
+def archiver_statefulset(ctx: ShardContext, data_checksum: str) -> Obj:
+    name = archiver_name(ctx.name)
+    if len(name) > STATEFULSET_NAME_LIMIT:
+        raise ConfigError(
+            f"shard {ctx.name!r}: the archiver StatefulSet name {name!r} is longer than "
+            f"{STATEFULSET_NAME_LIMIT} characters; use a shorter shard name"
+        )
+    args = archiver_workload(
+        ENVIRONMENT_FILE,
+        ctx.name,
+        _endpoints(ctx),
+        metrics_port=ctx.config.metrics_port,
+        data_dir=ARCHIVE_DIR,
+    ).args
+    mounts = [{"name": "archive", "mountPath": ARCHIVE_DIR}]
+    container = _container(ctx, "archiver", args, [], mounts)
+    size = ctx.config.archive_storage_size or ctx.env.archiver.storage
+    claim_spec: Obj = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": size}},
+    }
+    if ctx.config.archive_storage_class:
+        claim_spec["storageClassName"] = ctx.config.archive_storage_class
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(ctx, name, "archiver"),
+        "spec": {
+            # One archiver per shard: its durable consumer and daily files are per shard.
+            "replicas": 1,
+            "serviceName": name,
+            "selector": {"matchLabels": selector_labels(ctx.env, ctx.name, "archiver")},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Retain",
+                "whenScaled": "Retain",
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels(ctx.env, ctx.name, "archiver"),
+                    "annotations": _pod_annotations(ctx, data_checksum),
+                },
+                "spec": _pod_spec(ctx, container, _volumes(ctx, [])),
+            },
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {
+                        "name": "archive",
+                        "labels": labels(ctx.env, ctx.name, "archiver"),
+                    },
+                    "spec": claim_spec,
+                }
+            ],
+        },
+    }
+
+
+def connector_hpa(ctx: ShardContext) -> Obj:
+    shard = ctx.shard
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(ctx, connector_name(ctx.name), "connector"),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": connector_name(ctx.name),
+            },
+            "minReplicas": shard.min_replicas,
+            "maxReplicas": shard.replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": shard.autoscaling.cpu_utilization,
+                        },
+                    },
+                },
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": "ssmd_connector_message_rate"},
+                        "target": {
+                            "type": "AverageValue",
+                            "averageValue": str(shard.autoscaling.message_rate),
+                        },
+                    },
+                },
+            ],
+            # Each scale event moves symbols between replicas: damp the flapping.
+            "behavior": {
+                "scaleDown": {
+                    "stabilizationWindowSeconds": 300,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+                }
+            },
+        },
+    }
+
+
+def connector_pdb(ctx: ShardContext) -> Obj:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(ctx, connector_name(ctx.name), "connector"),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(ctx.env, ctx.name, "connector")},
+        },
+    }
+
+
+@dataclass(frozen=True)
+class ShardObjects:
+    config_map: Obj
+    connector: Obj
+    hpa: Obj
+    pdb: Obj
+    archiver: Obj
+    archiver_service: Obj
+    checksum: str
+
+    def with_image(self, image: object) -> ShardObjects:
+        """The same objects running `image` (the build's output, known only to Pulumi)."""
+
+        def swap(workload: Obj) -> Obj:
+            copied = copy.deepcopy(workload)
+            for container in copied["spec"]["template"]["spec"]["containers"]:
+                container["image"] = image
+            return copied
+
+        return dataclasses.replace(
+            self, connector=swap(self.connector), archiver=swap(self.archiver)
+        )
+
+    def all(self) -> list[Obj]:
+        return [
+            self.config_map,
+            self.connector,
+            self.hpa,
+            self.pdb,
+            self.archiver_service,
+            self.archiver,
+        ]
+
+
+def shard_objects(ctx: ShardContext) -> ShardObjects:
+    """Every Kubernetes object of one shard; raises `ConfigError` before returning any."""
+    data = config_data(ctx)
+    digest = checksum(data)
+    return ShardObjects(
+        config_map=config_map(ctx, data),
+        connector=connector_deployment(ctx, digest),
+        hpa=connector_hpa(ctx),
+        pdb=connector_pdb(ctx),
+        archiver=archiver_statefulset(ctx, digest),
+        archiver_service=archiver_service(ctx),
+        checksum=digest,
+    )
+
+
+def namespace(env: Environment, config: StackConfig) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": config.namespace, "labels": labels(env, None, "namespace")},
+    }
+
+
+def service_account(env: Environment, config: StackConfig) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": SERVICE_ACCOUNT,
+            "namespace": config.namespace,
+            "labels": labels(env, None, "runtime"),
+        },
+        # The runtime never talks to the Kubernetes API.
+        "automountServiceAccountToken": False,
+    }
+
+
+def kalshi_secret(env: Environment, config: StackConfig, private_key: object) -> Obj:
+    """The only object that carries the private key (a Pulumi secret output in the program)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": SECRET_NAME,
+            "namespace": config.namespace,
+            "labels": labels(env, None, "credentials"),
+        },
+        "type": "Opaque",
+        "stringData": {
+            API_KEY_ID_KEY: config.kalshi_api_key_id or "",
+            PRIVATE_KEY_FILE: private_key,
+        },
+    }

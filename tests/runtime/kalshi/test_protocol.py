@@ -1,0 +1,350 @@
+"""Kalshi request signing and the sans-I/O WebSocket protocol, without any socket."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+
+from runtime.kalshi.auth import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    KalshiSigner,
+    generate_key_pair,
+    load_public_key,
+    verify_headers,
+)
+from runtime.kalshi.protocol import (
+    Acknowledged,
+    ErrorReply,
+    Frame,
+    KalshiProtocol,
+    Malformed,
+    Subscribed,
+    message_id,
+)
+from ssmd_infra.core.errors import SsmdError
+
+WS_PATH = "/trade-api/ws/v2"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return generate_key_pair(tmp_path_factory.mktemp("keys"))
+
+
+# -- signing ------------------------------------------------------------------------------
+
+
+def test_signed_headers_verify_against_the_matching_public_key(keys: tuple[Path, Path]) -> None:
+    private, public = keys
+    signer = KalshiSigner.from_files("key-1", private)
+    headers = signer.headers("GET", WS_PATH, now_ms=1_700_000_000_000)
+    assert headers["KALSHI-ACCESS-KEY"] == "key-1"
+    assert headers[TIMESTAMP_HEADER] == "1700000000000"
+    assert verify_headers(
+        load_public_key(public.read_bytes()),
+        headers,
+        "GET",
+        WS_PATH,
+        max_skew_s=5,
+        now_ms=1_700_000_001_000,
+    )
+
+
+def test_signature_is_rsa_pss_sha256_over_timestamp_method_path(keys: tuple[Path, Path]) -> None:
+    private, public = keys
+    headers = KalshiSigner.from_files("k", private).headers("get", WS_PATH + "?x=1", now_ms=42)
+    raw = base64.b64decode(headers[SIGNATURE_HEADER])
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+    # the method is upper-cased and the query string is not signed
+    load_public_key(public.read_bytes()).verify(
+        raw, b"42GET" + WS_PATH.encode(), pss, hashes.SHA256()
+    )
+
+
+def test_a_different_key_a_changed_path_or_a_stale_timestamp_is_rejected(
+    keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    private, public = keys
+    _, other_public = generate_key_pair(tmp_path)
+    headers = KalshiSigner.from_files("k", private).headers("GET", WS_PATH, now_ms=10_000_000)
+    right = load_public_key(public.read_bytes())
+    assert not verify_headers(
+        load_public_key(other_public.read_bytes()), headers, "GET", WS_PATH, 60, now_ms=10_000_000
+    )
+    assert not verify_headers(right, headers, "GET", "/trade-api/v2/markets", 60, now_ms=10_000_000)
+    assert not verify_headers(right, headers, "GET", WS_PATH, 60, now_ms=10_000_000 + 61_000)
+    assert not verify_headers(
+        right, {**headers, SIGNATURE_HEADER: "!!"}, "GET", WS_PATH, 60, now_ms=10_000_000
+    )
+    assert not verify_headers(right, {}, "GET", WS_PATH, 60)
+
+
+def test_unusable_key_files_give_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SsmdError, match=r"cannot read Kalshi private key .*missing\.pem"):
+        KalshiSigner.from_files("k", tmp_path / "missing.pem")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key")
+    with pytest.raises(SsmdError, match=r"junk\.pem is not an unencrypted PEM private key"):
+        KalshiSigner.from_files("k", junk)
+    from cryptography.hazmat.primitives import serialization
+
+    ec_pem = tmp_path / "ec.pem"
+    ec_pem.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(SsmdError, match=r"ec\.pem holds a non-RSA key .*Kalshi needs RSA"):
+        KalshiSigner.from_files("k", ec_pem)
+
+
+def test_private_key_file_is_owner_only(keys: tuple[Path, Path]) -> None:
+    assert keys[0].stat().st_mode & 0o777 == 0o600
+
+
+# -- protocol helpers ---------------------------------------------------------------------
+
+
+def commands(proto: KalshiProtocol) -> list[dict[str, object]]:
+    return [json.loads(c) for c in proto.data_to_send()]
+
+
+def reply(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def ack_subscribes(
+    proto: KalshiProtocol,
+    cmds: list[dict[str, object]],
+    first_sid: int = 1,
+) -> int:
+    """Answer every subscribe in `cmds` like Kalshi does: one `subscribed` per channel."""
+    sid = first_sid
+    for cmd in cmds:
+        if cmd["cmd"] != "subscribe":
+            continue
+        params = cmd["params"]
+        assert isinstance(params, dict)
+        for channel in params["channels"]:
+            event = proto.receive(
+                reply(id=cmd["id"], type="subscribed", msg={"channel": channel, "sid": sid})
+            )
+            assert event == Subscribed(int(str(cmd["id"])), channel, sid)
+            sid += 1
+    return sid
+
+
+def trade(
+    sid: int, seq: int, ticker: str = "KXHIGHNY-24DEC05-B43.5", trade_id: str = "t-1"
+) -> bytes:
+    return (
+        b'{"type":"trade","sid":%d,"seq":%d,"msg":{"trade_id":"%s","market_ticker":"%s",'
+        b'"yes_price":36,"no_price":64,"count":3,"taker_side":"no","ts":1669149841}}'
+        % (sid, seq, trade_id.encode(), ticker.encode())
+    )
+
+
+def tickers(n: int) -> list[str]:
+    return [f"MKT-{i:04d}" for i in range(n)]
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def test_subscribe_chunks_markets_into_groups_of_at_most_256() -> None:
+    proto = KalshiProtocol(["trade", "ticker"])
+    proto.set_markets(tickers(600))
+    cmds = commands(proto)
+    assert [c["cmd"] for c in cmds] == ["subscribe"] * 3
+    sizes = [len(c["params"]["market_tickers"]) for c in cmds]  # type: ignore[index]
+    assert sizes == [256, 256, 88]
+    assert all(c["params"]["channels"] == ["trade", "ticker"] for c in cmds)  # type: ignore[index]
+    assert len({c["id"] for c in cmds}) == 3
+    subscribed = {t for c in cmds for t in c["params"]["market_tickers"]}  # type: ignore[index]
+    assert subscribed == set(tickers(600))
+
+
+def test_markets_count_as_subscribed_only_when_every_channel_is_acknowledged() -> None:
+    proto = KalshiProtocol(["trade", "ticker"])
+    proto.set_markets(["A", "B"])
+    (cmd,) = commands(proto)
+    proto.receive(reply(id=cmd["id"], type="subscribed", msg={"channel": "trade", "sid": 7}))
+    assert proto.subscribed_count == 0
+    proto.receive(reply(id=cmd["id"], type="subscribed", msg={"channel": "ticker", "sid": 8}))
+    assert proto.subscribed == {"A", "B"}
+    assert proto.sids == {7, 8}
+    assert proto.pending_commands == 0
+
+
+def test_changing_the_market_set_adds_to_groups_with_room_and_deletes_per_sid() -> None:
+    proto = KalshiProtocol(["trade", "ticker"], max_tickers=4)
+    proto.set_markets(["A", "B", "C"])
+    ack_subscribes(proto, commands(proto))  # sids 1 (trade), 2 (ticker)
+    proto.set_markets(["A", "C", "D", "E", "F"])
+    cmds = commands(proto)
+    assert [(c["cmd"], c["params"]) for c in cmds] == [
+        ("update_subscription", {"sids": [1], "market_tickers": ["B"], "action": "delete_markets"}),
+        ("update_subscription", {"sids": [2], "market_tickers": ["B"], "action": "delete_markets"}),
+        (
+            "update_subscription",
+            {"sids": [1], "market_tickers": ["D", "E"], "action": "add_markets"},
+        ),
+        (
+            "update_subscription",
+            {"sids": [2], "market_tickers": ["D", "E"], "action": "add_markets"},
+        ),
+        ("subscribe", {"channels": ["trade", "ticker"], "market_tickers": ["F"]}),
+    ]
+    for c in cmds[:4]:
+        assert proto.receive(reply(id=c["id"], type="ok", sid=c["params"]["sids"][0])) == (  # type: ignore[index]
+            Acknowledged(int(str(c["id"])), "ok", c["params"]["sids"][0])
+        )  # type: ignore[index]
+    ack_subscribes(proto, cmds[4:], first_sid=3)
+    assert proto.subscribed == {"A", "C", "D", "E", "F"}
+    assert sorted(map(sorted, proto.groups())) == [["A", "C", "D", "E"], ["F"]]
+
+
+def test_a_group_left_empty_is_unsubscribed_by_its_sids() -> None:
+    proto = KalshiProtocol(["trade", "ticker"], max_tickers=2)
+    proto.set_markets(["A", "B", "C"])
+    ack_subscribes(proto, commands(proto))  # group A,B: sids 1,2; group C: sids 3,4
+    proto.set_markets(["A", "B"])
+    (cmd,) = commands(proto)
+    assert cmd["cmd"] == "unsubscribe" and cmd["params"] == {"sids": [3, 4]}
+    assert proto.sids == {1, 2}
+    assert isinstance(proto.receive(reply(id=cmd["id"], type="unsubscribed", sid=3)), Acknowledged)
+
+
+def test_changes_to_a_group_awaiting_its_acks_are_applied_when_they_arrive() -> None:
+    proto = KalshiProtocol(["trade"])
+    proto.set_markets(["A", "B"])
+    (sub,) = commands(proto)
+    proto.set_markets(["A"])  # B leaves before the subscribe is acknowledged
+    assert commands(proto) == []
+    proto.receive(reply(id=sub["id"], type="subscribed", msg={"channel": "trade", "sid": 5}))
+    (cmd,) = commands(proto)
+    assert cmd["params"] == {"sids": [5], "market_tickers": ["B"], "action": "delete_markets"}
+    assert proto.subscribed == {"A"}
+
+
+def test_reconnecting_forgets_server_ids_and_resubscribes_everything() -> None:
+    proto = KalshiProtocol(["trade"], max_tickers=2)
+    proto.set_markets(["A", "B", "C"])
+    ack_subscribes(proto, commands(proto))
+    proto.connection_made()
+    assert proto.subscribed_count == 0 and proto.sids == frozenset()
+    cmds = commands(proto)
+    assert [c["params"]["market_tickers"] for c in cmds] == [["A", "B"], ["C"]]  # type: ignore[index]
+    assert all(c["cmd"] == "subscribe" for c in cmds)
+
+
+def test_error_reply_names_the_command_and_rolls_back_a_refused_subscribe() -> None:
+    proto = KalshiProtocol(["trade"])
+    proto.set_markets(["A"])
+    (cmd,) = commands(proto)
+    event = proto.receive(reply(id=cmd["id"], type="error", msg={"code": 6, "msg": "Already"}))
+    assert event == ErrorReply(int(str(cmd["id"])), 6, "Already", "subscribe")
+    assert proto.stats.errors == 1
+    assert proto.groups() == [] and proto.pending_commands == 0
+    proto.set_markets(["A"])  # the next change retries it
+    assert [c["cmd"] for c in commands(proto)] == ["subscribe"]
+
+
+def test_a_subscription_nothing_accounts_for_is_released() -> None:
+    proto = KalshiProtocol(["trade", "ticker"])
+    proto.set_markets(["A"])
+    (cmd,) = commands(proto)
+    proto.receive(reply(id=cmd["id"], type="error", msg={"code": 17, "msg": "no ticker channel"}))
+    proto.receive(reply(id=cmd["id"], type="subscribed", msg={"channel": "trade", "sid": 9}))
+    (release,) = commands(proto)
+    assert release["cmd"] == "unsubscribe" and release["params"] == {"sids": [9]}
+
+
+# -- frames -------------------------------------------------------------------------------
+
+
+def test_data_frame_keeps_the_exact_bytes_and_extracts_type_and_ticker() -> None:
+    proto = KalshiProtocol(["trade"])
+    data = trade(1, 1)
+    frame = proto.receive(data)
+    assert frame == Frame(data, "trade", "KXHIGHNY-24DEC05-B43.5", "trade:t-1")
+    assert frame.raw is data
+    assert proto.receive(data.decode()) == frame  # text frames work too
+    assert proto.stats.frames == 2
+
+
+def test_message_id_ignores_sid_and_seq_so_replicas_agree() -> None:
+    proto = KalshiProtocol(["ticker"])
+    msg = b'{"market_ticker":"FED-25DEC-T4.25","price":48,"volume":10,"ts":1}'
+    a = proto.receive(b'{"type":"ticker","sid":1,"seq":4,"msg":' + msg + b"}")
+    b = proto.receive(b'{"type":"ticker","sid":22,"seq":90,"msg":' + msg + b"}")
+    c = proto.receive(b'{"type":"ticker","sid":1,"seq":5,"msg":' + msg.replace(b"48", b"49") + b"}")
+    assert isinstance(a, Frame) and isinstance(b, Frame) and isinstance(c, Frame)
+    assert a.msg_id == b.msg_id == message_id("ticker", "FED-25DEC-T4.25", msg)
+    assert a.msg_id.startswith("ticker:FED-25DEC-T4.25:")
+    assert c.msg_id != a.msg_id
+
+
+def test_sequence_gaps_are_counted_per_subscription() -> None:
+    proto = KalshiProtocol(["trade", "ticker"])
+    proto.set_markets(["M"])
+    ack_subscribes(proto, commands(proto))  # sids 1 and 2
+    for seq in (1, 2, 3):
+        proto.receive(trade(1, seq, trade_id=f"a{seq}"))
+    for seq in (1, 2):  # sid 2 runs its own sequence: no gap from interleaving
+        proto.receive(trade(2, seq, trade_id=f"b{seq}"))
+    assert proto.stats.gaps == 0
+    proto.receive(trade(1, 7, trade_id="a7"))  # 4, 5, 6 missing
+    proto.receive(trade(1, 8, trade_id="a8"))
+    proto.receive(trade(2, 4, trade_id="b4"))  # 3 missing
+    assert (proto.stats.gaps, proto.stats.gap_messages) == (2, 4)
+    assert proto.stats.frames == 8
+
+
+def test_a_new_subscription_expects_sequence_one() -> None:
+    proto = KalshiProtocol(["trade"])
+    proto.set_markets(["M"])
+    ack_subscribes(proto, commands(proto))
+    proto.receive(trade(1, 3))
+    assert (proto.stats.gaps, proto.stats.gap_messages) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b"",
+        b"[1,2]",
+        b'{"sid":1,"msg":{"market_ticker":"A"}}',
+        b'{"type":7,"msg":{"market_ticker":"A"}}',
+        b'{"type":"trade","sid":1,"seq":1}',
+        b'{"type":"trade","msg":"text"}',
+        b'{"type":"trade","msg":{"market_ticker":5}}',
+        b'{"type":"trade","msg":{"price":5}}',
+        b'{"type":"trade","seq":"x","msg":{"market_ticker":"A"}}',
+        b'{"type":"subscribed","id":1,"msg":{"channel":"trade"}}',
+        b"\xff\xfe",
+    ],
+)
+def test_malformed_frames_are_counted_and_skipped(data: bytes) -> None:
+    proto = KalshiProtocol(["trade"])
+    event = proto.receive(data)
+    assert isinstance(event, Malformed) and event.reason
+    assert (proto.stats.malformed, proto.stats.frames) == (1, 0)
+    good = proto.receive(trade(1, 1))  # and the next frame is fine
+    assert isinstance(good, Frame)
+
+
+def test_invalid_configuration_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one channel"):
+        KalshiProtocol([])
+    with pytest.raises(ValueError, match=r"max_tickers must be 1\.\.256"):
+        KalshiProtocol(["trade"], max_tickers=257)
