@@ -8,7 +8,8 @@ read by `ssmd_infra.core.nkey_seeds`. This module does the I/O around them:
   nats-server `authorization.conf` listing their public keys. Re-running keeps every existing
   seed (the users stay the same), adds the seeds of new roles (a shard split) and removes the
   seeds of revoked roles (a shard removal), and says which. Everything is checked before
-  anything is written: a damaged seed file stops it with nothing changed.
+  anything is written: a damaged seed file stops it with nothing changed. Files whose names
+  are not role names (`{role}.nk`) are left alone.
 - `require_authorization(nats_url, env)`: connects anonymously and expects to be refused; a
   server that lets anyone in while the environment asks for `nats.auth: nkeys` is an error.
 """
@@ -26,7 +27,7 @@ import nats.errors
 
 from ssmd_infra.core.environment import Environment
 from ssmd_infra.core.errors import ConfigError, SsmdError
-from ssmd_infra.core.nats_auth import nats_roles, render_authorization
+from ssmd_infra.core.nats_auth import is_role_name, nats_roles, render_authorization
 from ssmd_infra.core.nats_url import parse_nats_urls, redact_url
 from ssmd_infra.core.nkey_seeds import (
     SEED_SUFFIX,
@@ -80,7 +81,10 @@ def write_auth_dir(env: Environment, out: Path) -> AuthDirChanges:
     roles = nats_roles(env)
     existing: dict[str, Path] = {}
     if out.is_dir():
-        existing = {p.name.removesuffix(SEED_SUFFIX): p for p in out.glob(f"*{SEED_SUFFIX}")}
+        for path in out.glob(f"*{SEED_SUFFIX}"):
+            role = path.name.removesuffix(SEED_SUFFIX)
+            if is_role_name(role):
+                existing[role] = path
     # read every seed that stays before writing anything: a damaged one stops here
     seeds = {
         role: read_seed_file(path, role).seed for role, path in existing.items() if role in roles
@@ -92,15 +96,20 @@ def write_auth_dir(env: Environment, out: Path) -> AuthDirChanges:
     config_text = render_authorization(
         env, {role: user_public_key(seed) for role, seed in seeds.items()}
     )
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for role in added:
-        _write_private(out / seed_file_name(role), seeds[role] + "\n", 0o600)
-    for role in seeds:
-        (out / seed_file_name(role)).chmod(0o600)
     config = out / AUTHORIZATION_FILE
-    _write_private(config, config_text, 0o644)
-    for role in removed:  # revoked only once the configuration no longer lists them
-        existing[role].unlink()
+    try:
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for role in added:
+            _write_private(out / seed_file_name(role), seeds[role] + "\n", 0o600)
+        for role in seeds:
+            (out / seed_file_name(role)).chmod(0o600)
+        _write_private(config, config_text, 0o644)
+        for role in removed:  # revoked only once the configuration no longer lists them
+            existing[role].unlink()
+    except OSError as exc:
+        # seeds already added stay valid (a re-run keeps them); the configuration is
+        # replaced whole or not at all
+        raise SsmdError(f"cannot write NATS credentials in {out}: {exc}") from None
     kept = tuple(role for role in roles if role not in added)
     return AuthDirChanges(out, config, kept=kept, added=added, removed=removed)
 

@@ -35,6 +35,7 @@ server-side; clients pay nothing per message.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -44,6 +45,7 @@ from ssmd_infra.core.errors import ConfigError, Problem
 from ssmd_infra.core.nkey_seeds import public_key_problem
 from ssmd_infra.core.subjects import (
     CLIENT_STREAM,
+    SHARD_NAME,
     archiver_consumer,
     client_feed_wildcard,
     consumer_ack_wildcard,
@@ -69,6 +71,18 @@ def connector_role(shard: str) -> str:
 def archiver_role(shard: str) -> str:
     """`archiver-{shard}`: the role of `shard`'s archiver."""
     return f"archiver-{shard}"
+
+
+_SHARD_ROLE = re.compile(r"^(connector|archiver)-(?P<shard>.+)\Z")
+
+
+def is_role_name(name: str) -> bool:
+    """Whether `name` is the name of an ssmd role of some environment (`admin`, `client`,
+    `connector-{shard}`, `archiver-{shard}` with a valid shard name)."""
+    if name in (ADMIN_ROLE, CLIENT_ROLE):
+        return True
+    match = _SHARD_ROLE.match(name)
+    return bool(match and SHARD_NAME.match(match["shard"]))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from ssmd_infra.core.subjects import (
     internal_stream,
     internal_subject,
 )
-from ssmd_infra.local.servers import ServerProcess, start_nats
+from ssmd_infra.local.servers import ServerProcess, find_binary, start_nats
 
 pytestmark = pytest.mark.servers
 
@@ -360,3 +361,25 @@ async def test_the_admin_creates_updates_and_deletes_streams(secured: Secured) -
         assert (updated.action, updated.spec.max_age) == ("updated", 7200.0)
         assert await jetstream.delete_stream(nc, spec.name)
         assert await jetstream.stream_raw_info(nc, spec.name) is None
+
+
+def test_the_authorization_can_be_included_from_a_sibling_directory(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """The README's Helm values mount the Secret at /etc/ssmd-nats-auth and include it from
+    the chart's /etc/nats-config/nats.conf as `../ssmd-nats-auth/authorization.conf`."""
+    (tmp_path / "ssmd-nats-auth").mkdir()
+    (tmp_path / "ssmd-nats-auth" / "authorization.conf").write_bytes(
+        (secured.auth_dir / "authorization.conf").read_bytes()
+    )
+    (tmp_path / "nats-config").mkdir()
+    config = tmp_path / "nats-config" / "nats.conf"
+    config.write_text("port: 4222\ninclude ../ssmd-nats-auth/authorization.conf\n")
+    checked = subprocess.run(
+        [find_binary("nats-server"), "-c", str(config), "-t"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "is valid" in checked.stdout + checked.stderr

@@ -71,6 +71,7 @@ def test_rerunning_keeps_seeds_a_split_adds_roles_and_a_removal_revokes_them(
     out = tmp_path / "auth"
     env = env_file(tmp_path, TWO_SHARDS)
     assert ssmd("nats", "auth", str(env), "--out", str(out)).code == 0
+    (out / "ops-team.nk").write_text("not ours\n")  # not a role's name: left alone
     first = snapshot(out)
 
     again = ssmd("nats", "auth", str(env), "--out", str(out))
@@ -100,6 +101,7 @@ def test_rerunning_keeps_seeds_a_split_adds_roles_and_a_removal_revokes_them(
     config = (out / "authorization.conf").read_text()
     assert "internal.tier1" not in config and "internal.tier3.>" in config
     assert (out / "connector-tier2.nk").read_bytes() == first["connector-tier2.nk"]
+    assert (out / "ops-team.nk").read_text() == "not ours\n"
 
 
 def test_a_damaged_seed_stops_it_with_nothing_changed(ssmd: Ssmd, tmp_path: Path) -> None:
@@ -134,3 +136,14 @@ def test_an_environment_without_nats_auth_or_an_invalid_one_is_refused(
     assert result.code == 1
     assert f"{env}:6:8: nats.auth: Input should be 'nkeys' or 'none' (got 'nkey')" in result.err
     assert not out.exists()
+
+
+def test_an_out_path_that_is_a_file_is_refused(ssmd: Ssmd, tmp_path: Path) -> None:
+    out = tmp_path / "auth"
+    out.write_text("a file\n")
+    result = ssmd("nats", "auth", str(env_file(tmp_path, TWO_SHARDS)), "--out", str(out))
+    assert (result.code, result.err.strip()) == (
+        1,
+        f"error: {out} exists and is not a directory",
+    )
+    assert out.read_text() == "a file\n"

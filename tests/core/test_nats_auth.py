@@ -8,7 +8,7 @@ import pytest
 
 from ssmd_infra.core.environment import load_environment, parse_environment
 from ssmd_infra.core.errors import ConfigError
-from ssmd_infra.core.nats_auth import Role, nats_roles, render_authorization
+from ssmd_infra.core.nats_auth import Role, is_role_name, nats_roles, render_authorization
 from ssmd_infra.core.nkey_seeds import generate_user_seed, user_public_key
 
 
@@ -144,3 +144,10 @@ def test_nats_auth_is_nkeys_unless_the_environment_says_none() -> None:
         "e.yaml:6:3: nats.auth: Input should be 'nkeys' or 'none' (got 'password')",
         "e.yaml:7:3: nats.tls: unknown key 'tls'",
     ]
+
+
+def test_role_names_are_admin_client_and_the_shard_roles() -> None:
+    assert all(is_role_name(n) for n in ("admin", "client", "connector-tier1", "archiver-t-2"))
+    assert not any(
+        is_role_name(n) for n in ("ops-team", "connector-", "archiver-Tier1", "connector-a.b")
+    )
