@@ -36,7 +36,7 @@ from ssmd_infra.core.stream_rules import (
     verify_echo,
 )
 from ssmd_infra.core.streams import StreamSpec
-from ssmd_infra.core.subjects import role_inbox_prefix, stream_api, stream_list_api
+from ssmd_infra.core.subjects import stream_api, stream_list_api
 
 CONNECT_TIMEOUT = 3.0
 REQUEST_TIMEOUT = 5.0
@@ -55,14 +55,6 @@ async def check_server(nc: Client) -> None:
 
 
 # ----------------------------------------------------------------------------- server calls
-
-
-def credentials(seed: RoleSeed | None) -> dict[str, Any]:
-    """nats-py `connect()` options of a role: its NKEY seed and its own inbox prefix (the
-    role may receive replies only there); none for an anonymous connection."""
-    if seed is None:
-        return {}
-    return {"nkeys_seed_str": seed.seed, "inbox_prefix": role_inbox_prefix(seed.role)}
 
 
 async def _connect(
@@ -86,7 +78,7 @@ async def _connect(
             max_reconnect_attempts=0,
             error_cb=on_error,
             name="ssmd-streams",
-            **credentials(seed),
+            **(seed.nats_py_options() if seed is not None else {}),
         )
     )
     waiters: set[asyncio.Future[Any]] = {attempt, failed}

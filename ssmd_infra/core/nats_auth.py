@@ -35,14 +35,21 @@ server-side; clients pay nothing per message.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from ssmd_infra.core.environment import Environment
 from ssmd_infra.core.errors import ConfigError, Problem
-from ssmd_infra.core.nkey_seeds import public_key_problem
+from ssmd_infra.core.nkey_seeds import (
+    NKEY_SEED_VARIABLE,
+    RoleSeed,
+    public_key_problem,
+    read_seed_file,
+)
 from ssmd_infra.core.subjects import (
     CLIENT_STREAM,
     SHARD_NAME,
@@ -186,6 +193,29 @@ def nats_roles(env: Environment) -> dict[str, Role]:
     for shard in sorted(env.shards):
         roles.extend((_connector(shard), _archiver(shard)))
     return {role.name: role for role in roles}
+
+
+def role_seed(env: Environment, role: str, path: str | Path | None = None) -> RoleSeed | None:
+    """The checked seed `role` connects with: from `path` (`--nats-nkey-seed`), else from
+    `$NATS_NKEY_SEED`; None when the environment uses no NATS authentication and none is given.
+
+    `ConfigError` when `role` is not one of the environment's roles, when the environment
+    asks for `nats.auth: nkeys` and no seed file is given, and for any problem of the file
+    (`read_seed_file`: missing, malformed, another role's)."""
+    roles = nats_roles(env)
+    if role not in roles:
+        raise ConfigError(
+            f"{role!r} is not a NATS role of environment {env.name} (roles: {', '.join(roles)})"
+        )
+    given = path if path is not None else os.environ.get(NKEY_SEED_VARIABLE) or None
+    if given is None:
+        if env.nats.auth == "nkeys":
+            raise ConfigError(
+                f"environment {env.name} has nats.auth: nkeys: {role} needs its seed file "
+                f"(--nats-nkey-seed PATH or ${NKEY_SEED_VARIABLE}; `ssmd nats auth` writes it)"
+            )
+        return None
+    return read_seed_file(given, role)
 
 
 def _quoted(items: tuple[str, ...]) -> str:

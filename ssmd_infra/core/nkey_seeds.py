@@ -27,8 +27,11 @@ from pathlib import Path
 import nkeys
 
 from ssmd_infra.core.errors import ConfigError
+from ssmd_infra.core.subjects import role_inbox_prefix
 
 SEED_SUFFIX = ".nk"
+# where a runtime process finds its seed file when no `--nats-nkey-seed` is given
+NKEY_SEED_VARIABLE = "NATS_NKEY_SEED"
 _SEED_LENGTH = 58  # base32 of 1 + 1 prefix bytes, 32 key bytes, 2 CRC bytes, unpadded
 _PUBLIC_KEY_LENGTH = 56  # base32 of 1 prefix byte, 32 key bytes, 2 CRC bytes
 _MAX_FILE_BYTES = 4096  # a seed file is one line; anything bigger is not one
@@ -111,6 +114,11 @@ class RoleSeed:
     path: Path
     seed: str = field(repr=False)
     public_key: str
+
+    def nats_py_options(self) -> dict[str, str]:
+        """nats-py `connect()` options: the seed (signs the server's nonce) and the role's own
+        inbox prefix (the only place it may receive replies)."""
+        return {"nkeys_seed_str": self.seed, "inbox_prefix": role_inbox_prefix(self.role)}
 
 
 def read_seed_file(path: Path | str, role: str) -> RoleSeed:

@@ -4,11 +4,19 @@ tests/adapters/test_nats_auth.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ssmd_infra.core.environment import load_environment, parse_environment
 from ssmd_infra.core.errors import ConfigError
-from ssmd_infra.core.nats_auth import Role, is_role_name, nats_roles, render_authorization
+from ssmd_infra.core.nats_auth import (
+    Role,
+    is_role_name,
+    nats_roles,
+    render_authorization,
+    role_seed,
+)
 from ssmd_infra.core.nkey_seeds import generate_user_seed, user_public_key
 
 
@@ -151,3 +159,41 @@ def test_role_names_are_admin_client_and_the_shard_roles() -> None:
     assert not any(
         is_role_name(n) for n in ("ops-team", "connector-", "archiver-Tier1", "connector-a.b")
     )
+
+
+BASE = "name: e\nfeed: kalshi\nshards:\n  a: {selector: {tier: 1}, replicas: 1}\n"
+
+
+def test_a_process_gets_its_role_seed_from_the_option_or_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = parse_environment(BASE, "e.yaml")
+    seed = generate_user_seed()
+    (tmp_path / "connector-a.nk").write_text(seed + "\n")
+    monkeypatch.delenv("NATS_NKEY_SEED", raising=False)
+    given = role_seed(env, "connector-a", tmp_path / "connector-a.nk")
+    assert given is not None
+    assert given.nats_py_options() == {
+        "nkeys_seed_str": seed,
+        "inbox_prefix": "_INBOX_connector-a",
+    }
+    monkeypatch.setenv("NATS_NKEY_SEED", str(tmp_path / "connector-a.nk"))
+    from_variable = role_seed(env, "connector-a")
+    assert from_variable is not None and from_variable.public_key == given.public_key
+    with pytest.raises(ConfigError, match="is the seed of role 'connector-a', not of 'archiver-a'"):
+        role_seed(env, "archiver-a")
+
+
+def test_without_a_seed_file_only_an_environment_without_nats_auth_connects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NATS_NKEY_SEED", raising=False)
+    with pytest.raises(ConfigError) as raised:
+        role_seed(parse_environment(BASE, "e.yaml"), "archiver-a")
+    assert str(raised.value) == (
+        "environment e has nats.auth: nkeys: archiver-a needs its seed file "
+        "(--nats-nkey-seed PATH or $NATS_NKEY_SEED; `ssmd nats auth` writes it)"
+    )
+    assert role_seed(parse_environment(BASE + "nats: {auth: none}\n", "e.yaml"), "client") is None
+    with pytest.raises(ConfigError, match="'connector-b' is not a NATS role of environment e"):
+        role_seed(parse_environment(BASE, "e.yaml"), "connector-b")
