@@ -108,10 +108,11 @@ def public_key_problem(key: str) -> str | None:
 
 @dataclass(frozen=True)
 class RoleSeed:
-    """A role's seed, read from its file and checked (the seed itself is never printed)."""
+    """A role's seed, checked (the seed itself is never printed); `source` says where it came
+    from (its file, or the secret it was handed in)."""
 
     role: str
-    path: Path
+    source: str
     seed: str = field(repr=False)
     public_key: str
 
@@ -119,6 +120,18 @@ class RoleSeed:
         """nats-py `connect()` options: the seed (signs the server's nonce) and the role's own
         inbox prefix (the only place it may receive replies)."""
         return {"nkeys_seed_str": self.seed, "inbox_prefix": role_inbox_prefix(self.role)}
+
+
+def parse_role_seed(text: str, role: str, *, source: str) -> RoleSeed:
+    """`role`'s seed from `text` (surrounding whitespace ignored), or `ConfigError` that names
+    `source` (e.g. "NATS seed file connector-tier1.nk") and what is wrong, never the text."""
+    text = text.strip()
+    if not text:
+        raise ConfigError(f"{source} is empty")
+    problem = seed_problem(text)
+    if problem:
+        raise ConfigError(f"{source} is not a NATS user seed: {problem}")
+    return RoleSeed(role=role, source=source, seed=text, public_key=user_public_key(text))
 
 
 def read_seed_file(path: Path | str, role: str) -> RoleSeed:
@@ -152,12 +165,7 @@ def read_seed_file(path: Path | str, role: str) -> RoleSeed:
             f"NATS seed file {path} is not a seed: larger than {_MAX_FILE_BYTES} bytes"
         )
     try:
-        text = data.decode("ascii").strip()
+        text = data.decode("ascii")
     except UnicodeDecodeError:
         raise ConfigError(f"NATS seed file {path} is not a seed: not ASCII text") from None
-    if not text:
-        raise ConfigError(f"NATS seed file {path} is empty")
-    problem = seed_problem(text)
-    if problem:
-        raise ConfigError(f"NATS seed file {path} is not a NATS user seed: {problem}")
-    return RoleSeed(role=role, path=path, seed=text, public_key=user_public_key(text))
+    return parse_role_seed(text, role, source=f"NATS seed file {path}")

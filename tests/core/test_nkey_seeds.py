@@ -12,6 +12,7 @@ import pytest
 from ssmd_infra.core.errors import ConfigError
 from ssmd_infra.core.nkey_seeds import (
     generate_user_seed,
+    parse_role_seed,
     public_key_problem,
     read_seed_file,
     seed_problem,
@@ -112,3 +113,16 @@ def test_an_unreadable_seed_file_is_a_config_error(tmp_path: Path) -> None:
     path.mkdir()
     with pytest.raises(ConfigError, match=f"cannot read NATS seed file {path}: "):
         read_seed_file(path, "client")
+
+
+def test_a_seed_handed_in_as_text_is_checked_the_same_way() -> None:
+    seed = generate_user_seed()
+    parsed = parse_role_seed(f"  {seed}\n", "admin", source="Pulumi secret adminSeed")
+    assert (parsed.role, parsed.seed, parsed.source) == ("admin", seed, "Pulumi secret adminSeed")
+    with pytest.raises(ConfigError) as raised:
+        parse_role_seed(seed[:-2], "admin", source="Pulumi secret adminSeed")
+    assert str(raised.value) == (
+        "Pulumi secret adminSeed is not a NATS user seed: a user seed has 58 characters, "
+        "this has 56"
+    )
+    assert seed[:-2] not in str(raised.value)
