@@ -270,6 +270,25 @@ async def test_an_archiver_consumes_and_acks_its_durable_but_cannot_touch_its_st
     assert (after.messages, after.last_seq) == (before.messages, before.last_seq)
 
 
+async def test_an_archiver_cannot_read_another_shards_stream(secured: Secured) -> None:
+    stream, durable = internal_stream("tier1"), archiver_consumer("tier1")
+    async with connect_as(secured, archiver_role("tier1")) as owner:
+        await owner.nc.jetstream(timeout=5).add_consumer(
+            stream, api.ConsumerConfig(durable_name=durable, ack_policy=api.AckPolicy.ALL)
+        )
+    async with connect_as(secured, archiver_role("tier2")) as other:
+        js = other.nc.jetstream(timeout=DENIED_TIMEOUT)
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.consumer_info(stream, durable)
+        sub = await js.pull_subscribe_bind(durable, stream)
+        with pytest.raises(nats.errors.TimeoutError):
+            await sub.fetch(1, timeout=DENIED_TIMEOUT)
+        assert await other.violations(2) == [
+            denied_publish(f"$JS.API.CONSUMER.INFO.{stream}.{durable}"),
+            denied_publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"),
+        ]
+
+
 async def test_a_client_reads_md_through_ssmd_client_and_can_change_nothing(
     secured: Secured,
 ) -> None:
