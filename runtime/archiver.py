@@ -95,6 +95,7 @@ from ssmd_infra.core import redis_keys
 from ssmd_infra.core.environment import Environment
 from ssmd_infra.core.errors import ConfigError, SsmdError
 from ssmd_infra.core.subjects import INTERNAL_PREFIX, decode_symbol, internal_stream
+from ssmd_infra.core.subjects import archiver_consumer as consumer_name  # one name rule
 
 log = logging.getLogger("ssmd.archiver")
 
@@ -130,11 +131,6 @@ class Batch:
     ack_reply: bytes | None
     ack_seq: int
     min_seq: int
-
-
-def consumer_name(shard: str) -> str:
-    """The archiver's durable consumer on `ssmd-internal-{shard}` (local.py waits on it)."""
-    return f"archiver-{shard}"
 
 
 @dataclass(slots=True)

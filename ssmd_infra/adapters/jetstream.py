@@ -23,6 +23,7 @@ from nats.aio.client import Client
 
 from ssmd_infra.core.errors import SsmdError
 from ssmd_infra.core.nats_url import nats_url_problem, redact_url
+from ssmd_infra.core.nkey_seeds import RoleSeed
 from ssmd_infra.core.stream_rules import (
     describe_differences,
     desired_config_json,
@@ -35,10 +36,10 @@ from ssmd_infra.core.stream_rules import (
     verify_echo,
 )
 from ssmd_infra.core.streams import StreamSpec
+from ssmd_infra.core.subjects import stream_api, stream_list_api
 
 CONNECT_TIMEOUT = 3.0
 REQUEST_TIMEOUT = 5.0
-_API = "$JS.API"
 
 
 # ----------------------------------------------------------------------------- server checks
@@ -56,7 +57,9 @@ async def check_server(nc: Client) -> None:
 # ----------------------------------------------------------------------------- server calls
 
 
-async def _connect(nats_url: str, servers: list[str], timeout: float) -> Client:
+async def _connect(
+    nats_url: str, servers: list[str], timeout: float, seed: RoleSeed | None = None
+) -> Client:
     """Connect, or fail once every server has refused (nats-py alone would retry forever)."""
     loop = asyncio.get_running_loop()
     failed: asyncio.Future[BaseException] = loop.create_future()
@@ -75,6 +78,7 @@ async def _connect(nats_url: str, servers: list[str], timeout: float) -> Client:
             max_reconnect_attempts=0,
             error_cb=on_error,
             name="ssmd-streams",
+            **(seed.nats_py_options() if seed is not None else {}),
         )
     )
     waiters: set[asyncio.Future[Any]] = {attempt, failed}
@@ -95,13 +99,16 @@ async def _connect(nats_url: str, servers: list[str], timeout: float) -> Client:
 
 
 @asynccontextmanager
-async def connect(nats_url: str, timeout: float = CONNECT_TIMEOUT) -> AsyncIterator[Client]:
-    """A connection that fails fast with a clear `SsmdError` and is always closed."""
+async def connect(
+    nats_url: str, timeout: float = CONNECT_TIMEOUT, *, seed: RoleSeed | None = None
+) -> AsyncIterator[Client]:
+    """A connection that fails fast with a clear `SsmdError` and is always closed; with
+    `seed` (the `admin` role's, from `read_seed_file`), authenticated as that role."""
     problem = nats_url_problem(nats_url)
     if problem:
         raise SsmdError(problem)
     servers = [u.strip() for u in nats_url.split(",")]
-    nc = await _connect(nats_url, servers, timeout)
+    nc = await _connect(nats_url, servers, timeout, seed)
     try:
         await check_server(nc)
         yield nc
@@ -138,7 +145,7 @@ def _raise_api_error(reply: dict[str, Any], doing: str) -> None:
 
 async def stream_raw_info(nc: Client, name: str) -> dict[str, Any] | None:
     """The server's JSON stream info for `name`, or None when there is no such stream."""
-    reply = await _request(nc, f"{_API}.STREAM.INFO.{name}")
+    reply = await _request(nc, stream_api("INFO", name))
     try:
         _raise_api_error(reply, f"reading stream {name}")
     except StreamNotFound:
@@ -149,7 +156,7 @@ async def stream_raw_info(nc: Client, name: str) -> dict[str, Any] | None:
 async def stream_names(nc: Client) -> list[str]:
     names: list[str] = []
     while True:
-        reply = await _request(nc, f"{_API}.STREAM.NAMES", {"offset": len(names)})
+        reply = await _request(nc, stream_list_api("NAMES"), {"offset": len(names)})
         _raise_api_error(reply, "listing streams")
         page = reply.get("streams") or []
         names.extend(page)
@@ -177,7 +184,7 @@ async def apply_stream(
     validate_spec(spec)
     current_raw = await stream_raw_info(nc, spec.name)
     if current_raw is None:
-        reply = await _request(nc, f"{_API}.STREAM.CREATE.{spec.name}", desired_config_json(spec))
+        reply = await _request(nc, stream_api("CREATE", spec.name), desired_config_json(spec))
         _raise_api_error(reply, f"creating stream {spec.name}")
         verify_echo(spec, reply)
         return StreamOutcome(
@@ -202,7 +209,7 @@ async def apply_stream(
             f"It must be replaced, which deletes its stored messages"
         )
     body = desired_config_json(spec, current_raw["config"])
-    reply = await _request(nc, f"{_API}.STREAM.UPDATE.{spec.name}", body)
+    reply = await _request(nc, stream_api("UPDATE", spec.name), body)
     _raise_api_error(reply, f"updating stream {spec.name}")
     verify_echo(spec, reply)
     return StreamOutcome(
@@ -214,7 +221,7 @@ async def apply_stream(
 
 async def delete_stream(nc: Client, name: str) -> bool:
     """Delete `name`; False when it did not exist."""
-    reply = await _request(nc, f"{_API}.STREAM.DELETE.{name}")
+    reply = await _request(nc, stream_api("DELETE", name))
     try:
         _raise_api_error(reply, f"deleting stream {name}")
     except StreamNotFound:
@@ -222,9 +229,11 @@ async def delete_stream(nc: Client, name: str) -> bool:
     return True
 
 
-async def read_stream(nats_url: str, name: str) -> StreamSpec | None:
+async def read_stream(
+    nats_url: str, name: str, *, seed: RoleSeed | None = None
+) -> StreamSpec | None:
     """The live stream `name` as a spec, or None when it does not exist."""
-    async with connect(nats_url) as nc:
+    async with connect(nats_url, seed=seed) as nc:
         raw = await stream_raw_info(nc, name)
     return None if raw is None else spec_from_config(raw["config"])
 
@@ -240,6 +249,7 @@ async def reconcile_streams(
     specs: Sequence[StreamSpec],
     *,
     delete_absent_prefix: str | None = None,
+    seed: RoleSeed | None = None,
 ) -> list[str]:
     """Make the server hold exactly `specs`; returns one human-readable line per action.
 
@@ -254,7 +264,7 @@ async def reconcile_streams(
         problems.append(f"duplicate stream names: {', '.join(duplicates)}")
     if problems:
         raise SsmdError("; ".join(problems))
-    async with connect(nats_url) as nc:
+    async with connect(nats_url, seed=seed) as nc:
         refusals = []
         for spec in specs:
             raw = await stream_raw_info(nc, spec.name)

@@ -50,6 +50,12 @@ def _local_app() -> typer.Typer:
     return local_app
 
 
+def _nats_app() -> typer.Typer:
+    from ssmd_infra.cli.nats import nats_app
+
+    return nats_app
+
+
 # Each sub-app is imported only when its group is asked for: the runtime processes
 # (`ssmd run connector|archiver`) then start without importing the reshard and Pulumi
 # machinery, which keeps their start-up (and the window before their signal handlers) short.
@@ -58,6 +64,7 @@ GROUPS: dict[str, Callable[[], typer.Typer]] = {
     "day": _day_app,
     "run": _run_app,
     "local": _local_app,
+    "nats": _nats_app,
 }
 
 

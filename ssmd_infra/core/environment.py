@@ -178,6 +178,16 @@ class Secmaster(_Strict):
     defaults: dict[str, AttrValue] = Field(default_factory=dict)
 
 
+class Nats(_Strict):
+    """How the environment's processes authenticate to NATS.
+
+    `nkeys` (the default): every role (`ssmd_infra.core.nats_auth`) connects with its own
+    NKEY and nats-server enforces its permissions; a server that lets anyone in is refused.
+    `none`: no authentication, for a shared development server."""
+
+    auth: Literal["nkeys", "none"] = "nkeys"
+
+
 SelectorValue = AttrValue | list[AttrValue]
 
 
@@ -222,6 +232,7 @@ class Environment(_Strict):
     assignments: dict[str, str] = Field(default_factory=dict)
     streams: Streams = Streams()
     archiver: Archiver = Archiver()
+    nats: Nats = Nats()
     shards: dict[str, Shard]
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

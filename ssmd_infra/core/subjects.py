@@ -124,3 +124,62 @@ def parse_client_subject(subject: str) -> tuple[str, str, str]:
     if len(parts) != 4 or parts[0] != CLIENT_PREFIX:
         raise ValueError(f"not a client subject: {subject!r}")
     return parts[1], parts[2], decode_symbol(parts[3])
+
+
+# JetStream API and the per-role inboxes (the NATS permissions of `ssmd_infra.core.nats_auth`
+# are written with these, and so are the clients' requests)
+
+JS_API_PREFIX = "$JS.API"
+JS_ACK_PREFIX = "$JS.ACK"
+INBOX_PREFIX = "_INBOX"
+
+
+def archiver_consumer(shard: str) -> str:
+    """`archiver-{shard}`: the archiver's durable consumer on `ssmd-internal-{shard}`."""
+    return f"archiver-{shard}"
+
+
+def js_api_wildcard() -> str:
+    """`$JS.API.>`: every JetStream API request (stream management)."""
+    return f"{JS_API_PREFIX}.>"
+
+
+def stream_api(operation: str, stream: str) -> str:
+    """`$JS.API.STREAM.{operation}.{stream}`: e.g. INFO, CREATE, UPDATE, DELETE, PURGE."""
+    return f"{JS_API_PREFIX}.STREAM.{operation}.{stream}"
+
+
+def stream_list_api(operation: str) -> str:
+    """`$JS.API.STREAM.{operation}`: the stream listings (NAMES, LIST)."""
+    return f"{JS_API_PREFIX}.STREAM.{operation}"
+
+
+def consumer_api(operation: str, stream: str, consumer: str | None = None) -> str:
+    """`$JS.API.CONSUMER.{operation}.{stream}[.{consumer}]`.
+
+    `operation` is the server's name: CREATE (ephemeral without a consumer; named with one),
+    DURABLE.CREATE (the legacy durable create nats-py uses), INFO, DELETE, MSG.NEXT. The
+    consumer may be `*` (any one) or `>` (any, with the optional filter-subject tokens a named
+    CREATE may carry) in a permission.
+    """
+    subject = f"{JS_API_PREFIX}.CONSUMER.{operation}.{stream}"
+    return subject if consumer is None else f"{subject}.{consumer}"
+
+
+def consumer_ack_wildcard(stream: str, consumer: str = "*") -> str:
+    """`$JS.ACK.{stream}.{consumer}.>`: the reply subjects of a consumer's deliveries (acks)."""
+    return f"{JS_ACK_PREFIX}.{stream}.{consumer}.>"
+
+
+def role_inbox_prefix(role: str) -> str:
+    """`_INBOX_{role}`: the one token under which a role's clients receive replies.
+
+    Every NATS client takes it as its inbox prefix (nats-py `inbox_prefix=`; the raw clients
+    build `{prefix}.{id}` themselves), so a role subscribes to `{prefix}.>` and to nobody
+    else's replies. The role name is a safe token (letters, digits, '-')."""
+    return f"{INBOX_PREFIX}_{role}"
+
+
+def inbox_wildcard(prefix: str) -> str:
+    """`{prefix}.>`: every reply subject under an inbox prefix."""
+    return f"{prefix}.>"

@@ -104,8 +104,14 @@ class ServerProcess:
         _wait_port(self.port, self.proc, self.name)
 
 
-def start_nats(workdir: Path, port: int | None = None) -> ServerProcess:
-    """A JetStream-enabled nats-server ≥ 2.10 storing under `workdir`."""
+def start_nats(
+    workdir: Path, port: int | None = None, extra_config: str | None = None
+) -> ServerProcess:
+    """A JetStream-enabled nats-server ≥ 2.10 storing under `workdir`.
+
+    `extra_config` is nats-server configuration text (e.g. an `authorization` block) written
+    to `workdir/nats-server.conf` (mode 0600) and loaded with `-c`; the address, port and
+    JetStream flags given here take precedence over it."""
     binary = find_binary("nats-server")
     version = nats_server_version(binary)
     if version < MIN_NATS_VERSION:
@@ -117,6 +123,11 @@ def start_nats(workdir: Path, port: int | None = None) -> ServerProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     store = workdir / "jetstream"
     args = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
+    if extra_config is not None:
+        config = workdir / "nats-server.conf"
+        config.touch(mode=0o600)
+        config.write_text(extra_config)
+        args += ["-c", str(config)]
     log = open(workdir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _wait_port(port, proc, "nats-server")

@@ -31,4 +31,4 @@ def test_each_command_group_is_attached_once_however_often_main_runs() -> None:
     for group in ("shard", None, "run", "shard", None):
         cli._register(group)
     names = [group.name for group in cli.app.registered_groups]
-    assert sorted(names) == ["day", "local", "run", "shard"]
+    assert sorted(names) == ["day", "local", "nats", "run", "shard"]

@@ -15,14 +15,22 @@ from hypothesis import strategies as st
 from ssmd_infra.core.subjects import (
     SHARD_NAME,
     TOKEN_NAME,
+    archiver_consumer,
     client_subject,
+    consumer_ack_wildcard,
+    consumer_api,
     decode_symbol,
     encode_symbol,
+    inbox_wildcard,
     internal_subject,
     internal_wildcard,
+    js_api_wildcard,
     name_problem,
     parse_client_subject,
     parse_internal_subject,
+    role_inbox_prefix,
+    stream_api,
+    stream_list_api,
 )
 
 # What NATS accepts in one token, and more strictly what we emit: printable ASCII without
@@ -127,3 +135,17 @@ def test_bad_shard_names_say_why(name: str, words: str) -> None:
 def test_feed_names_may_use_underscores() -> None:
     assert name_problem("feed", "kalshi_v2", TOKEN_NAME) is None
     assert name_problem("shard", "kalshi_v2", SHARD_NAME) is not None
+
+
+def test_jetstream_api_and_inbox_subjects() -> None:
+    assert stream_api("INFO", "ssmd-internal-tier1") == "$JS.API.STREAM.INFO.ssmd-internal-tier1"
+    assert stream_list_api("NAMES") == "$JS.API.STREAM.NAMES"
+    assert consumer_api("CREATE", "ssmd-client") == "$JS.API.CONSUMER.CREATE.ssmd-client"
+    assert (
+        consumer_api("MSG.NEXT", "ssmd-internal-tier1", archiver_consumer("tier1"))
+        == "$JS.API.CONSUMER.MSG.NEXT.ssmd-internal-tier1.archiver-tier1"
+    )
+    assert consumer_ack_wildcard("ssmd-client") == "$JS.ACK.ssmd-client.*.>"
+    assert js_api_wildcard() == "$JS.API.>"
+    assert role_inbox_prefix("connector-tier1") == "_INBOX_connector-tier1"
+    assert inbox_wildcard("_INBOX_client") == "_INBOX_client.>"
