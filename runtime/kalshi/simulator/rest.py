@@ -122,6 +122,7 @@ class RestApi:
         self.faults = faults
         self._authorize = authorize
         self.requests = 0
+        self.verified = 0  # signed requests whose signature verified
         self.auth_failures = 0
 
     def routes(self) -> list[web.RouteDef]:
@@ -150,9 +151,12 @@ class RestApi:
                     response.headers.update(headers)
                 return response
             signed = SIGNATURE_HEADER in {k.lower() for k in request.headers}
-            if self.faults.refuse_auth or (signed and self._authorize(request) is False):
+            verdict = self._authorize(request) if signed or self.faults.refuse_auth else None
+            if verdict is False:
                 self.auth_failures += 1
                 return error_response(401, "authentication_error", "invalid signature")
+            if signed and verdict:
+                self.verified += 1
             try:
                 return handler(request)
             except _BadRequest as bad:

@@ -93,7 +93,7 @@ async def test_identical_tickers_repeat_the_payload_byte_for_byte_under_new_seqs
 
 
 async def test_a_slow_consumer_is_dropped_while_a_reading_one_keeps_its_feed() -> None:
-    simulator = KalshiSimulator(MARKETS, rate_per_market=20_000.0, tick=0.002)
+    simulator = KalshiSimulator(MARKETS, rate_per_market=2_000.0, tick=0.002)
     await simulator.start()
     try:
         simulator.slow_consumer(16_384)
@@ -111,6 +111,7 @@ async def test_a_slow_consumer_is_dropped_while_a_reading_one_keeps_its_feed() -
             while received < 100:  # the reader is still served after the drop
                 await asyncio.wait_for(fast.recv(), 10)
                 received += 1
+            assert simulator.stats()["slow_consumer_drops"] == 1
         assert simulator.stats()["connections"] == 0
     finally:
         await simulator.stop()
