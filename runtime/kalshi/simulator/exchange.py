@@ -170,8 +170,7 @@ class KalshiSimulator:
     # -- markets ----------------------------------------------------------------------------
 
     def add_market(self, ticker: str, attrs: Mapping[str, object] | None = None) -> None:
-        """A market (or a change of its attributes); `event`, `series`, `category`,
-        `status`, `close_ts` are used."""
+        """A market (or a change of its attributes); see `MarketBook.add`."""
         self.book.add(ticker, attrs)
         self.ws.mark_dirty()
 

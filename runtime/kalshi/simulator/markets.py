@@ -79,7 +79,8 @@ class Market:
     ticker: str
     event_ticker: str
     series_ticker: str
-    category: str
+    category: str  # the series' category
+    event_category: str  # the event's own (deprecated on Kalshi, sometimes empty)
     status: str = "active"
     close_ts: int = DEFAULT_CLOSE_TS
     updated_ts: int = CREATED_TS
@@ -111,8 +112,9 @@ class MarketBook:
 
     def add(self, ticker: str, attrs: Mapping[str, object] | None = None) -> Market:
         """A market (or a change of its attributes); `event`, `series`, `category`,
-        `status`, `close_ts` are used."""
+        `event_category` (default: `category`), `status`, `close_ts` are used."""
         attrs = attrs or {}
+        category = str(attrs.get("category") or "Unknown")
         event = str(attrs.get("event") or event_of(ticker))
         close = attrs.get("close_ts")
         try:
@@ -125,7 +127,8 @@ class MarketBook:
             ticker=ticker,
             event_ticker=event,
             series_ticker=str(attrs.get("series") or series_of(event)),
-            category=str(attrs.get("category") or "Unknown"),
+            category=category,
+            event_category=str(attrs.get("event_category", category)),
             status=lifecycle_status(ticker, str(attrs.get("status") or "active")),
             close_ts=close_ts,
             price=self.rng.randint(5, 95),
@@ -309,7 +312,7 @@ class MarketBook:
             "sub_title": "",
             "collateral_return_type": "",
             "mutually_exclusive": False,
-            "category": first.category,
+            "category": first.event_category,
             "strike_period": "",
             "product_metadata": {},
             "settlement_sources": [],
