@@ -38,8 +38,6 @@ PUBLIC_CHANNELS = frozenset({"ticker", "ticker_v2", "trade", "market_lifecycle_v
 PRIVATE_CHANNELS = frozenset(
     {"orderbook_delta", "fill", "market_positions", "communications", "order_group_updates"}
 )
-# What a connector may capture (the environment's per-shard `channels`).
-CAPTURE_CHANNELS = ("trade", "ticker", "orderbook_delta")
 
 
 class WsError(IntEnum):
