@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[3]
 CONTRACT_PYTHON = REPO / ".venv-contract" / "bin" / "python"
 CLIENTS = Path(__file__).resolve().parent / "contract" / "kalshi_clients.py"
 TICKER = "KXHIGHNY-24DEC05-B43.5"
+CLOSED = "KXHIGHNY-24DEC05-B44.5"  # a closed market of the same event
 SYNTHETIC = 2500  # three pages of 1000 with the named market
 # Facts of the v2 contract that Kalshi's SDK 3.34.0 holds the simulator to.
 SDK_VERSION = "3.34.0"
@@ -72,7 +73,7 @@ async def test_kalshis_sdk_and_pykalshi_accept_the_simulator(tmp_path: Path) -> 
     python = _contract_python()
     private, public = generate_key_pair(tmp_path)
     sim = KalshiSimulator(
-        {TICKER: {"category": "climate"}},
+        {TICKER: {"category": "climate"}, CLOSED: {"category": "climate", "status": "closed"}},
         synthetic_markets=SYNTHETIC,
         public_key_pem=public.read_bytes(),
         rate_per_market=50.0,
@@ -87,11 +88,13 @@ async def test_kalshis_sdk_and_pykalshi_accept_the_simulator(tmp_path: Path) -> 
     # every market, page by page through the cursor, each parsed by the SDK's Market model
     markets = report["markets"]
     assert markets["page_sizes"] == [1000, 1000, SYNTHETIC + 1 - 2000]
-    assert sorted(markets["tickers"]) == sorted(sim.markets)
+    assert sorted(markets["tickers"]) == sorted(set(sim.markets) - {CLOSED})
     assert report["one_market"] == TICKER and report["filtered"] == [TICKER]
+    assert report["closed"] == [CLOSED]
+    assert report["one_event"] == [TICKER, CLOSED]
     # events with nested markets: every market once, in far fewer requests than markets
     events = report["events"]
-    assert sorted(events["nested_tickers"]) == sorted(sim.markets)
+    assert sorted(events["nested_tickers"]) == sorted(sim.markets)  # an open event's closed one too
     assert events["events"] == len({m.event_ticker for m in sim.markets.values()})
     series = report["series"]
     assert series["ticker"] == "KXHIGHNY" and series["category"] == "climate"

@@ -127,6 +127,14 @@ def main() -> None:
         "markets": list_markets(markets_api),
         "one_market": markets_api.get_market(ticker).market.ticker,
         "filtered": [m.ticker for m in markets_api.get_markets(tickers=ticker).markets],
+        "closed": [m.ticker for m in markets_api.get_markets(status="closed", limit=PAGE).markets],
+        "one_event": [
+            m.ticker
+            for m in events_api.get_event(
+                ticker.rsplit("-", 1)[0], with_nested_markets=True
+            ).event.markets
+            or []
+        ],
         "events": list_events(events_api),
         "series": markets_api.get_series(ticker.split("-")[0]).series.to_dict(),
         "errors": {
