@@ -3,19 +3,20 @@
 A switch is state the WebSocket and REST sides consult; the control paths let a test or the
 local supervisor drive a simulator running in another process:
 
-| path (POST unless noted)      | effect |
-|-------------------------------|--------|
-| `/_sim/drop`                  | abort every WebSocket connection (no close frame) |
-| `/_sim/skip?n=N`              | the next message of every subscription jumps N sequence numbers (a gap) |
-| `/_sim/junk?n=N`              | N malformed frames on every connection |
-| `/_sim/identical_tickers?on=1`| ticker messages repeat their previous payload byte for byte (new seq) |
-| `/_sim/slow_consumer?max_bytes=N` | drop a connection whose unsent bytes exceed N (0: off) |
-| `/_sim/rest_fail?n=N&status=S`| the next N REST requests answer S (429 carries Retry-After) |
-| `/_sim/refuse_auth?on=1`      | every WebSocket upgrade and REST request answers 401 |
-| `/_sim/auth_key` (PEM body)   | trust another public key from now on (an API key rotation) |
-| `/_sim/rate?per_market=R`, `/_sim/pause`, `/_sim/resume` | generation rate |
-| `/_sim/market_status?ticker=T&status=S`, `/_sim/add_market?ticker=T&...` | markets |
-| `/_sim/stats` (GET)           | counters |
+- `POST /_sim/drop`: abort every WebSocket connection (no close frame);
+- `POST /_sim/skip?n=N`: the next message of every subscription jumps N seqs (a gap);
+- `POST /_sim/junk?n=N`: N malformed frames on every connection;
+- `POST /_sim/identical_tickers?on=1`: ticker messages repeat their previous payload byte
+  for byte (under new seqs);
+- `POST /_sim/slow_consumer?max_bytes=N`: drop a connection whose unsent bytes exceed N
+  (0: off, a slow client slows generation instead);
+- `POST /_sim/rest_fail?n=N&status=S`: the next N REST requests answer S (429 carries
+  Retry-After);
+- `POST /_sim/refuse_auth?on=1`: every WebSocket upgrade and REST request answers 401;
+- `POST /_sim/auth_key` (PEM body): trust another public key from now on (a key rotation);
+- `POST /_sim/rate?per_market=R`, `/_sim/pause`, `/_sim/resume`: generation;
+- `POST /_sim/market_status?ticker=T&status=S`, `/_sim/add_market?ticker=T&...`: markets;
+- `GET /_sim/stats`: counters.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from kalshi_wire import get_json
@@ -141,7 +142,7 @@ async def test_absent_objects_are_404_in_kalshis_error_shape(sim: KalshiSimulato
 async def test_events_page_with_nested_markets_and_series_carry_the_category(
     sim: KalshiSimulator,
 ) -> None:
-    events: list[dict[str, object]] = []
+    events: list[dict[str, Any]] = []
     cursor = ""
     while True:
         status, body = await get_json(
@@ -158,8 +159,8 @@ async def test_events_page_with_nested_markets_and_series_carry_the_category(
             break
     fed = next(e for e in events if e["event_ticker"] == "FED-25DEC")
     assert fed["series_ticker"] == "FED"
-    assert [m["ticker"] for m in fed["markets"]] == ["FED-25DEC-T4.25", "FED-25DEC-T4.50"]  # type: ignore[attr-defined]
-    nested = sum(len(e["markets"]) for e in events)  # type: ignore[arg-type]
+    assert [m["ticker"] for m in fed["markets"]] == ["FED-25DEC-T4.25", "FED-25DEC-T4.50"]
+    nested = sum(len(e["markets"]) for e in events)
     assert nested == len(sim.markets)
     _, plain = await get_json(sim.rest_url + "/events", limit="200")
     assert all("markets" not in e for e in plain["events"])
