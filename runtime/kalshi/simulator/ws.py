@@ -218,11 +218,12 @@ class WsServer:
         if not isinstance(command, dict) or not isinstance(cmd_id, int) or isinstance(cmd_id, bool):
             await self._error(conn, None, WsError.UNABLE_TO_PROCESS, "command needs an integer id")
             return
+        cmd = command.get("cmd")
         handler = {
             "subscribe": self._subscribe,
             "update_subscription": self._update,
             "unsubscribe": self._unsubscribe,
-        }.get(command.get("cmd"))  # type: ignore[arg-type]
+        }.get(cmd if isinstance(cmd, str) else "")
         if handler is None:
             await self._error(conn, cmd_id, WsError.UNKNOWN_COMMAND)
             return
@@ -239,6 +240,8 @@ class WsServer:
         channels = params.get("channels")
         if not isinstance(channels, list) or not channels:
             raise _BadCommand(WsError.CHANNELS_REQUIRED)
+        if not all(isinstance(c, str) for c in channels):
+            raise _BadCommand(WsError.INVALID_PARAMETER, "channels must be channel names")
         for channel in channels:
             if channel not in PUBLIC_CHANNELS and channel not in PRIVATE_CHANNELS:
                 raise _BadCommand(WsError.UNKNOWN_CHANNEL, repr(channel))

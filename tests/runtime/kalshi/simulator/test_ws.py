@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -211,6 +212,8 @@ SUBSCRIBE_TRADE = {"channels": ["trade"], "market_tickers": ["BTCUSD"]}
         ({"id": 1, "cmd": "subscribe", "params": {"channels": []}}, 3),
         ({"id": 1, "cmd": "unsubscribe", "params": {}}, 4),  # sids required
         ({"id": 1, "cmd": "dance", "params": {}}, 5),  # unknown command
+        ({"id": 1, "cmd": ["subscribe"], "params": {}}, 5),  # not even a name
+        ({"id": 1, "params": {}}, 5),
         ({"id": 1, "cmd": "unsubscribe", "params": {"sids": [42]}}, 7),  # unknown sid
         (
             {
@@ -256,7 +259,13 @@ async def test_bad_commands_get_kalshis_error_codes_and_the_connection_stays_usa
         reply = await recv(ws)
         assert reply["type"] == "error" and reply["id"] == 1 and reply["msg"]["code"] == code
         assert reply["msg"]["msg"]
-        for malformed in ("{nonsense", json.dumps({"cmd": "subscribe", "params": {}}), "[1]"):
+        for malformed in (
+            "{nonsense",
+            json.dumps({"cmd": "subscribe", "params": {}}),
+            json.dumps({"id": "1", "cmd": "subscribe", "params": {}}),
+            "[1]",
+            "null",
+        ):
             await ws.send(malformed)  # not JSON, no id, not an object: code 1, no id
             reply = await recv(ws)
             assert reply["type"] == "error" and reply["msg"]["code"] == 1 and "id" not in reply
@@ -265,6 +274,53 @@ async def test_bad_commands_get_kalshis_error_codes_and_the_connection_stays_usa
         await send(ws, id=9, cmd="subscribe", params=SUBSCRIBE_TRADE)  # still served
         assert (await next_of(ws, "subscribed"))["id"] == 9
     assert sim.stats()["command_errors"][str(code)] >= 1
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(7 if depth < 3 else 5)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.randint(-(2**40), 2**40)
+    if kind == 2:
+        return rng.random()
+    if kind == 3:
+        return rng.choice(["", "trade", "ticker", "orderbook_delta", "BTCUSD", "add_markets"])
+    if kind == 4:
+        return "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(8)))
+    if kind == 5:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = ["id", "cmd", "params", "channels", "market_ticker", "market_tickers", "sids"]
+    keys += ["sid", "action", "x"]
+    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randrange(5))}
+
+
+async def test_random_commands_get_answers_and_never_close_the_connection(
+    sim: KalshiSimulator,
+) -> None:
+    rng = random.Random(7)
+    sim.pause()
+    async with connect(sim.ws_url, max_queue=None) as ws:
+        for i in range(400):
+            command = _random_json(rng)
+            if isinstance(command, dict) and rng.random() < 0.7:  # mostly command-shaped
+                command = {
+                    "id": i,
+                    "cmd": rng.choice(["subscribe", "update_subscription", "unsubscribe", "x"]),
+                    "params": command,
+                }
+            await ws.send(json.dumps(command))
+        await send(ws, id=10_000, cmd="subscribe", params=SUBSCRIBE_TRADE)
+        while (reply := await recv(ws)).get("id") != 10_000:
+            assert reply["type"] in (
+                "error",
+                "subscribed",
+                "ok",
+                "unsubscribed",
+                "orderbook_snapshot",
+            )
+        assert reply["type"] == "subscribed"
+    assert sum(sim.stats()["command_errors"].values()) > 300
 
 
 async def test_unsigned_connections_get_public_channels_and_private_ones_need_auth(
