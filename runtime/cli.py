@@ -16,6 +16,6 @@ from runtime.archiver import archiver_command  # noqa: E402
 
 run_app.command("archiver")(archiver_command)
 
-from runtime.kalshi.simulator_cli import simulator_command  # noqa: E402
+from runtime.kalshi.simulator.command import simulator_command  # noqa: E402
 
 run_app.command("simulator")(simulator_command)

@@ -43,6 +43,7 @@ from runtime.buffer import DropPolicy, FrameBuffer
 from runtime.health import HealthServer, ShardMetrics
 from runtime.kalshi.auth import KalshiSigner
 from runtime.kalshi.client import KalshiAuthError, KalshiWsClient
+from runtime.kalshi.contract import PRIVATE_CHANNELS
 from runtime.kalshi.protocol import Frame
 from runtime.membership import Membership, redis_client
 from runtime.procstats import ProcStats
@@ -57,7 +58,6 @@ from ssmd_infra.core.subjects import internal_subject
 
 log = logging.getLogger("ssmd.connector")
 
-DEFAULT_CHANNELS = ("trade", "ticker")
 _SAFE_TYPE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a message type becomes one subject token
 RATE_WINDOW_SECONDS = 10.0  # ssmd_connector_message_rate and per-symbol rates average over this
 STARTUP_RETRY_SECONDS = 5.0  # secmaster retry after a failed first fetch (not the full interval)
@@ -108,7 +108,7 @@ class Connector:
         signer: KalshiSigner | None = None,
         metrics_port: int | None = 9100,
         member: str | None = None,
-        channels: Iterable[str] = DEFAULT_CHANNELS,
+        channels: Iterable[str] | None = None,
         buffer_capacity: int | None = None,
         drop_policy: DropPolicy | None = None,
         refresh_interval: float | None = None,
@@ -129,7 +129,14 @@ class Connector:
         self._signer = signer
         self._metrics_port = metrics_port
         self.member = member or default_member_id()
-        self._channels = tuple(channels)
+        # the shard's `channels` (environment YAML) unless a caller overrides them
+        self._channels = tuple(channels if channels is not None else shard_cfg.channels)
+        private = sorted(set(self._channels) & PRIVATE_CHANNELS)
+        if private and signer is None:
+            raise ConfigError(
+                f"shard {shard!r} captures {', '.join(private)}, a private Kalshi channel: "
+                f"set KALSHI_API_KEY_ID and KALSHI_PRIVATE_KEY_PATH"
+            )
         self._refresh_interval = (
             refresh_interval if refresh_interval is not None else env.secmaster.refresh_interval
         )
@@ -653,6 +660,16 @@ class _ConnectorCollector(Collector):
             "ssmd_connector_malformed",
             "Malformed exchange frames skipped",
             stats.malformed if stats is not None else 0,
+        )
+        yield counter(
+            "ssmd_connector_unknown_messages",
+            "Exchange messages of a type the connector does not capture, skipped",
+            stats.unknown if stats is not None else 0,
+        )
+        yield counter(
+            "ssmd_connector_book_resnapshots",
+            "Order book subscriptions renewed after a sequence gap (for a fresh snapshot)",
+            stats.resnapshots if stats is not None else 0,
         )
         yield counter(
             "ssmd_connector_publish_failures",

@@ -26,3 +26,33 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[pulumi,dev]'
   touch "$stamp"
 fi
+
+# Kalshi's official SDK (kalshi-python-sync) needs Python >= 3.13: the contract test runs it
+# from its own virtualenv, .venv-contract/, with the exact pins of [tool.ssmd.contract] in
+# pyproject.toml. Without such a Python the contract test says so and skips (fails under CI).
+contract_python() {
+  local candidate
+  for candidate in "${SSMD_CONTRACT_PYTHON:-}" python3.13 python3.14 \
+      "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[3-9]*/bin/python3; do
+    [ -n "$candidate" ] || continue
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 13))' >/dev/null 2>&1; then
+      command -v "$candidate" 2>/dev/null || echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+contract_stamp=.venv-contract/.ssmd-installed
+if [ ! -f "$contract_stamp" ] || [ pyproject.toml -nt "$contract_stamp" ]; then
+  if PY313=$(contract_python); then
+    echo "setup: installing Kalshi's clients into .venv-contract ($PY313)" >&2
+    [ -x .venv-contract/bin/python ] || "$PY313" -m venv .venv-contract
+    .venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["ssmd"]["contract"]["requirements"]))' \
+      > .venv-contract/requirements.txt
+    .venv-contract/bin/python -m pip install -q --no-deps -r .venv-contract/requirements.txt
+    .venv-contract/bin/python -m pip check >/dev/null
+    touch "$contract_stamp"
+  else
+    echo "setup: no Python >= 3.13 found (set SSMD_CONTRACT_PYTHON); the Kalshi SDK contract test will be skipped" >&2
+  fi
+fi

@@ -210,7 +210,10 @@ class KalshiWsClient:
                 )
             elif type(event) is Malformed:
                 log.warning("skipped a malformed frame: %s", event.reason)
+            # Unknown: counted and logged once per type by the protocol
             self._send_commands()  # replies can produce commands (deferred changes, cleanups)
+        if self._proto.has_commands:  # a book gap asked for a new snapshot
+            self._send_commands()
         if not frames:
             return
         if self._held:  # reading is paused; a read that raced the pause keeps its place

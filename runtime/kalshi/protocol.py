@@ -14,7 +14,13 @@ applied when the acks arrive, so the state never depends on reply timing.
 Each data frame becomes a `Frame` carrying the exact bytes received plus a `msg_id` that is
 identical for the same exchange message on any connection (the `msg` object excludes the
 per-connection `sid`/`seq`), which is what `Nats-Msg-Id` deduplication needs. Malformed
-frames are counted and skipped; nothing raises out of `receive`.
+frames are counted and skipped, and so are well-formed messages of a type we do not
+capture (logged once per type); nothing raises out of `receive`.
+
+Order books (`orderbook_delta`): a subscription's frames are one `orderbook_snapshot` per
+market, then deltas, numbered by one `seq`. A gap on such a subscription means the book can
+no longer be rebuilt, so the protocol replaces that subscription (unsubscribe + subscribe
+the group's markets on `orderbook_delta` alone): the new one starts with fresh snapshots.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ log = logging.getLogger(__name__)
 
 MAX_TICKERS_PER_SUBSCRIPTION = 256
 CONTROL_TYPES = frozenset({"subscribed", "ok", "unsubscribed", "error"})
+# Market-data message types of the channels a connector captures; any other type is new to
+# us: counted and skipped (logged once per type, at most this many types logged).
+DATA_TYPES = frozenset({"trade", "ticker", "orderbook_snapshot", "orderbook_delta"})
+BOOK_CHANNEL = "orderbook_delta"  # its frames: one snapshot per market, then deltas, one seq
+MAX_UNKNOWN_TYPES_LOGGED = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +88,14 @@ class Malformed:
     reason: str
 
 
-Event = Frame | Subscribed | Acknowledged | ErrorReply | Malformed
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A well-formed message of a type we do not capture (Kalshi added one): counted, skipped."""
+
+    msg_type: str
+
+
+Event = Frame | Subscribed | Acknowledged | ErrorReply | Malformed | Unknown
 
 
 @dataclass(slots=True)
@@ -89,6 +107,8 @@ class ProtocolStats:
     gaps: int = 0  # sequence gaps seen (events)
     gap_messages: int = 0  # messages missing across those gaps
     errors: int = 0  # `error` replies
+    unknown: int = 0  # messages of a type we do not capture, skipped
+    resnapshots: int = 0  # order book subscriptions renewed after a gap (for a new snapshot)
 
 
 class _Envelope(msgspec.Struct):
@@ -130,7 +150,7 @@ class _Group:
 
 @dataclass(slots=True)
 class _Pending:
-    kind: str  # subscribe | add | delete | unsubscribe
+    kind: str  # subscribe | resnapshot | add | delete | unsubscribe
     group: _Group | None
     tickers: tuple[str, ...] = ()
     acks_left: int = 1
@@ -173,6 +193,7 @@ class KalshiProtocol:
         self._next_id = 1
         self._next_gid = 1
         self._deferred = False
+        self._unknown_logged: set[str] = set()
 
     # -- state the transport and tests look at -------------------------------------------
 
@@ -206,6 +227,11 @@ class KalshiProtocol:
     def groups(self) -> list[frozenset[str]]:
         """The markets of each subscription group (for tests and reports)."""
         return [frozenset(g.tickers) for g in self._groups.values()]
+
+    @property
+    def has_commands(self) -> bool:
+        """Commands are waiting for `data_to_send()`."""
+        return bool(self._outbox)
 
     def data_to_send(self) -> list[bytes]:
         """Commands produced since the last call, in order; the caller must send them all."""
@@ -307,6 +333,8 @@ class KalshiProtocol:
         msg_type = env.type
         if msg_type in CONTROL_TYPES:
             return self._control(env)
+        if msg_type not in DATA_TYPES:
+            return self._unknown(msg_type)
         msg = env.msg
         if not msg:
             return self._malformed(f"{msg_type!r} message without 'msg'")
@@ -331,12 +359,38 @@ class KalshiProtocol:
         self.stats.malformed += 1
         return Malformed(reason)
 
+    def _unknown(self, msg_type: str) -> Unknown:
+        self.stats.unknown += 1
+        logged = self._unknown_logged
+        if msg_type not in logged and len(logged) < MAX_UNKNOWN_TYPES_LOGGED:
+            logged.add(msg_type)
+            log.warning("unknown Kalshi message type %r: counted and skipped", msg_type[:64])
+        return Unknown(msg_type)
+
     def _gap(self, sid: int, expected: int, got: int) -> None:
         self.stats.gaps += 1
         missing = got - expected
         if missing > 0:
             self.stats.gap_messages += missing
         log.warning("sequence gap on sid %d: expected seq %d, got %d", sid, expected, got)
+        group = self._sid_group.get(sid)
+        if group is not None and group.sids.get(BOOK_CHANNEL) == sid:
+            self._resnapshot(group, sid)
+
+    def _resnapshot(self, group: _Group, sid: int) -> None:
+        """A book with a gap cannot be rebuilt: replace its subscription, whose first frames
+        are fresh snapshots. The group is inactive (changes deferred) until it is acked."""
+        self.stats.resnapshots += 1
+        del group.sids[BOOK_CHANNEL]
+        self._sid_group.pop(sid, None)
+        self._last_seq.pop(sid, None)
+        self._command("unsubscribe", {"sids": [sid]}, _Pending("unsubscribe", None))
+        tickers = sorted(group.tickers)
+        group.subscribe_id = self._command(
+            "subscribe",
+            {"channels": [BOOK_CHANNEL], "market_tickers": tickers},
+            _Pending("resnapshot", group, tuple(tickers)),
+        )
 
     def _control(self, env: _Envelope) -> Event:
         try:
@@ -381,7 +435,7 @@ class KalshiProtocol:
             return None
         del self._pending[cmd_id]
         group = pending.group
-        if pending.kind == "subscribe" and group is not None:
+        if pending.kind in ("subscribe", "resnapshot") and group is not None:
             self._groups.pop(group.gid, None)
             sids = sorted(group.sids.values())
             for sid in sids:  # channels that did get through must not leak

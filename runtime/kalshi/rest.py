@@ -1,12 +1,13 @@
 """Kalshi's open markets as a secmaster source (`secmaster.source: kalshi`).
 
-`GET {base}/markets?status=open` is walked page by page (`cursor` is a string, `""` on the
-last page). Selectors want a market's `category`, `series` and `event`; the market object
-carries only its `event_ticker` (its own `category` field is deprecated on Kalshi), so the
-event is looked up (`GET {base}/events/{event}`: series ticker and category) and, only when
-the event has no category, its series (`GET {base}/series/{series}`). Events and series do
-not change category, so both are kept in bounded LRU caches: after the first listing a
-refresh costs the market pages plus one lookup per *new* event.
+`GET {base}/events?status=open&with_nested_markets=true` is walked page by page (200 events
+a page; `cursor` is a string, `""` on the last page): each event carries its series ticker,
+its category and its markets, so the ~29k open markets of Kalshi's ~5k open events cost
+tens of requests, not one per event. Selectors want a market's `category`, `series` and
+`event`; the event's category is deprecated on Kalshi and may be empty, in which case the
+series is looked up (`GET {base}/series/{series}`) once and kept in a bounded LRU cache
+(series do not change category). Nested markets are filtered by the same `status` (an open
+event can hold a market that already closed).
 
 Kalshi rate-limits per key (the basic tier allows about 20 reads/s), so every request takes
 a token from a token bucket (default 10/s, leaving room for the key's other users), is
@@ -14,7 +15,7 @@ retried with exponential backoff and jitter on 429 (honouring `Retry-After`), 5x
 timeouts and connection errors, and a request that still fails after the retry budget is a
 `KalshiRestError` naming the URL and the last failure. 400/401/403 are not retried: they
 cannot get better by waiting. Everything is bounded: pages (`max_pages`, and a repeated
-cursor is an error), caches (`cache_size`), concurrent lookups (`concurrency`).
+cursor is an error), the series cache (`cache_size`), concurrent lookups (`concurrency`).
 
 `symbols()` is synchronous because its callers are: the connector resolves in a worker
 thread (`asyncio.to_thread`), the CLI and the Pulumi program are plain functions. It runs
@@ -31,7 +32,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
@@ -41,14 +42,15 @@ import aiohttp
 from ssmd_infra.core.errors import SsmdError
 
 from .auth import KalshiSigner
+from .contract import EVENT_STATUS_FILTERS, EVENTS_PAGE_MAX, MARKET_STATUS_FILTERS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RATE = 10.0  # requests/s: half of Kalshi's basic-tier read limit
 DEFAULT_BURST = 5
-PAGE_LIMIT = 1000  # Kalshi's maximum page size: fewest requests per listing
-MAX_PAGES = 300  # 300k markets, ~10× Kalshi's ~29k open ones: a runaway listing ends in an error
-DEFAULT_CACHE_SIZE = 20_000  # events (and, separately, series): more than Kalshi has open
+PAGE_LIMIT = EVENTS_PAGE_MAX  # Kalshi's maximum events page: fewest requests per listing
+MAX_PAGES = 300  # 60k events, ~10× Kalshi's open ones: a runaway listing ends in an error
+DEFAULT_CACHE_SIZE = 20_000  # series: more than Kalshi has
 MAX_ATTEMPTS = 6
 RETRY_AFTER_MAX = 60.0
 ATTRIBUTE_FIELDS = ("status", "market_type")  # market fields kept as attributes, besides
@@ -152,26 +154,20 @@ class LruCache(Generic[K, V]):
             return len(self._items)
 
 
-@dataclass(frozen=True, slots=True)
-class _Event:
-    series: str
-    category: str
-
-
 @dataclass(slots=True)
 class RestStats:
     """Counters since the source was built (for logs and tests)."""
 
     requests: int = 0  # HTTP requests sent, retries included
     retries: int = 0
-    pages: int = 0
-    event_lookups: int = 0  # events fetched (cache misses)
-    series_lookups: int = 0
+    pages: int = 0  # event pages
+    events: int = 0  # events listed
+    series_lookups: int = 0  # series fetched (cache misses)
     listings: int = 0
 
 
 class _Missing(Exception):
-    """404 on an event or series: the lookup has no answer (not an outage)."""
+    """404 on a series: the lookup has no answer (not an outage)."""
 
 
 class KalshiRestSource:
@@ -205,12 +201,18 @@ class KalshiRestSource:
             raise SsmdError(f"Kalshi REST URL must be http(s)://host/..., got {base_url!r}")
         if not 1 <= page_limit <= PAGE_LIMIT:
             raise SsmdError(f"page_limit must be 1..{PAGE_LIMIT}, got {page_limit}")
+        if status and status not in EVENT_STATUS_FILTERS:
+            raise SsmdError(
+                f"Kalshi listing status must be one of {', '.join(sorted(EVENT_STATUS_FILTERS))} "
+                f"(or empty for all), got {status!r}"
+            )
         if max_pages < 1 or max_attempts < 1 or concurrency < 1:
             raise SsmdError("max_pages, max_attempts and concurrency must be >= 1")
         self.base_url = base_url.rstrip("/")
         self._base_path = parts.path.rstrip("/")  # what is signed: the path, without a query
         self.signer = signer
         self.status = status
+        self._market_statuses = MARKET_STATUS_FILTERS[status] if status else None
         self.page_limit = page_limit
         self.max_pages = max_pages
         self.max_attempts = max_attempts
@@ -220,7 +222,6 @@ class KalshiRestSource:
         self.timeout = timeout
         self.concurrency = concurrency
         self.bucket = TokenBucket(rate, burst)
-        self.events: LruCache[str, _Event] = LruCache(cache_size)
         self.series: LruCache[str, str] = LruCache(cache_size)
         self.stats = RestStats()
         self._rng = random.Random()
@@ -246,129 +247,109 @@ class KalshiRestSource:
         connector = aiohttp.TCPConnector(limit=self.concurrency)
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-            markets = await self._list_markets(http)
-            # this listing's events: from the cache, else looked up. Kept here for the
-            # listing (bounded by it) so a cache smaller than the listing costs lookups on
-            # the next refresh, never attributes on this one.
-            known: dict[str, _Event] = {}
-            missing: list[str] = []
-            for event_ticker in sorted(
-                {str(m.get("event_ticker") or "") for m in markets.values()}
-            ):
-                if not event_ticker:
-                    continue
-                hit = self.events.get(event_ticker)
-                if hit is None:
-                    missing.append(event_ticker)
-                else:
-                    known[event_ticker] = hit
-            await self._lookup_events(http, missing, known)
-        out: list[tuple[str, dict[str, object]]] = []
-        for ticker, market in markets.items():
-            out.append((ticker, self._attributes(market, known)))
+            markets, events = await self._list_events(http)
+            categories = await self._categories(http, events.values())
+        out = [
+            (ticker, self._attributes(market, events, categories))
+            for ticker, market in markets.items()
+        ]
         self.stats.listings += 1
         log.info(
-            "kalshi secmaster: %d %s markets (%d requests so far, %d retries, %d events cached)",
+            "kalshi secmaster: %d %s markets in %d events (%d requests so far, %d retries)",
             len(out),
             self.status or "listed",
+            len(events),
             self.stats.requests,
             self.stats.retries,
-            len(self.events),
         )
         return out
 
     # -- listing ----------------------------------------------------------------------------
 
-    async def _list_markets(self, http: aiohttp.ClientSession) -> dict[str, dict[str, Any]]:
+    async def _list_events(
+        self, http: aiohttp.ClientSession
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """(ticker → market, event ticker → event) of the whole listing."""
         markets: dict[str, dict[str, Any]] = {}
+        events: dict[str, dict[str, Any]] = {}
         cursor = ""
         seen: set[str] = set()
+        wanted = self._market_statuses
         for _ in range(self.max_pages):
-            params = {"limit": str(self.page_limit)}
+            params = {"limit": str(self.page_limit), "with_nested_markets": "true"}
             if self.status:
                 params["status"] = self.status
             if cursor:
                 params["cursor"] = cursor
-            body = await self._get(http, "/markets", params)
-            page = body.get("markets")
+            body = await self._get(http, "/events", params)
+            page = body.get("events")
             next_cursor = body.get("cursor") or ""
             if not isinstance(page, list) or not isinstance(next_cursor, str):
                 raise KalshiRestError(
-                    f"{self.base_url}/markets: unexpected answer (no `markets` list or a "
+                    f"{self.base_url}/events: unexpected answer (no `events` list or a "
                     f"non-string `cursor`)"
                 )
             self.stats.pages += 1
-            for market in page:
-                ticker = market.get("ticker") if isinstance(market, dict) else None
-                if isinstance(ticker, str) and ticker:
-                    markets[ticker] = market  # a market shifted across pages counts once
+            for event in page:
+                ticker = event.get("event_ticker") if isinstance(event, dict) else None
+                if not isinstance(ticker, str) or not ticker:
+                    continue
+                events[ticker] = event
+                self.stats.events += 1
+                for market in event.get("markets") or ():
+                    symbol = market.get("ticker") if isinstance(market, dict) else None
+                    if not isinstance(symbol, str) or not symbol:
+                        continue
+                    if wanted is not None and market.get("status") not in wanted:
+                        continue
+                    markets[symbol] = {**market, "event_ticker": ticker}
             if not next_cursor:
-                return markets
+                return markets, events
             if next_cursor in seen:
                 raise KalshiRestError(
-                    f"{self.base_url}/markets: the cursor repeated after {len(seen) + 1} pages"
+                    f"{self.base_url}/events: the cursor repeated after {len(seen) + 1} pages"
                 )
             seen.add(next_cursor)
             cursor = next_cursor
         raise KalshiRestError(
-            f"{self.base_url}/markets: more than {self.max_pages} pages of {self.page_limit} "
-            f"markets; the listing is incomplete (raise max_pages if Kalshi really lists "
+            f"{self.base_url}/events: more than {self.max_pages} pages of {self.page_limit} "
+            f"events; the listing is incomplete (raise max_pages if Kalshi really lists "
             f"that many)"
         )
 
-    # -- events and series ------------------------------------------------------------------
+    # -- series -----------------------------------------------------------------------------
 
-    async def _lookup_events(
-        self, http: aiohttp.ClientSession, tickers: list[str], found: dict[str, _Event]
-    ) -> None:
-        """Look `tickers` up, `concurrency` requests at a time, into `found` and the cache."""
-        pending = iter(tickers)
-        series: dict[str, asyncio.Task[str]] = {}  # one lookup per series, shared by workers
+    async def _categories(
+        self, http: aiohttp.ClientSession, events: Iterable[Mapping[str, Any]]
+    ) -> dict[str, str]:
+        """series ticker → category, for the series of events that carry no category of their
+        own: from the cache, else looked up, `concurrency` requests at a time."""
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        for event in events:
+            series = str(event.get("series_ticker") or "")
+            if not series or event.get("category") or series in found or series in missing:
+                continue
+            cached = self.series.get(series)
+            if cached is not None:
+                found[series] = cached
+            else:
+                missing.append(series)
+        pending = iter(missing)
 
         async def worker() -> None:
-            for event_ticker in pending:  # a shared iterator: each ticker taken once
-                event = await self._lookup_event(http, event_ticker, series)
-                if event is not None:
-                    found[event_ticker] = event
+            for series in pending:  # a shared iterator: each series taken once
+                found[series] = await self._series_category(http, series)
 
         workers = [
-            asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(tickers)))
+            asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(missing)))
         ]
         try:
             await asyncio.gather(*workers)
         finally:  # one failed: stop the others before the session closes under them
-            for task in [*workers, *series.values()]:
+            for task in workers:
                 task.cancel()
-            await asyncio.gather(*workers, *series.values(), return_exceptions=True)
-
-    async def _lookup_event(
-        self,
-        http: aiohttp.ClientSession,
-        event_ticker: str,
-        series_inflight: dict[str, asyncio.Task[str]],
-    ) -> _Event | None:
-        self.stats.event_lookups += 1
-        try:
-            body = await self._get(http, f"/events/{quote(event_ticker, safe='')}")
-        except _Missing:  # listed a moment ago, gone now: no attributes from it, not cached
-            return None
-        event = body.get("event")
-        if not isinstance(event, dict):
-            raise KalshiRestError(f"{self.base_url}/events/{event_ticker}: no `event` object")
-        series = str(event.get("series_ticker") or "")
-        category = str(event.get("category") or "")
-        if not category and series:
-            cached = self.series.get(series)
-            if cached is not None:
-                category = cached
-            else:
-                task = series_inflight.get(series)
-                if task is None:
-                    task = asyncio.ensure_future(self._series_category(http, series))
-                    series_inflight[series] = task
-                category = await asyncio.shield(task)  # a cancelled waiter leaves it to others
-        found = _Event(series=series, category=category)
-        self.events.put(event_ticker, found)
+            await asyncio.gather(*workers, return_exceptions=True)
         return found
 
     async def _series_category(self, http: aiohttp.ClientSession, series_ticker: str) -> str:
@@ -383,18 +364,21 @@ class KalshiRestSource:
         return category
 
     @staticmethod
-    def _attributes(market: Mapping[str, Any], events: Mapping[str, _Event]) -> dict[str, object]:
+    def _attributes(
+        market: Mapping[str, Any],
+        events: Mapping[str, Mapping[str, Any]],
+        series_categories: Mapping[str, str],
+    ) -> dict[str, object]:
         """Attributes for selectors; missing ones are left out so the env's defaults fill them."""
         attrs: dict[str, object] = {}
         event_ticker = str(market.get("event_ticker") or "")
-        event = events.get(event_ticker)
-        category = event.category if event is not None else ""
-        if not category:  # the event is gone or has none: the market's own (deprecated) field
-            category = str(market.get("category") or "")
+        event = events.get(event_ticker, {})
+        series = str(event.get("series_ticker") or "")
+        category = str(event.get("category") or "") or series_categories.get(series, "")
         if category:
             attrs["category"] = category
-        if event is not None and event.series:
-            attrs["series"] = event.series
+        if series:
+            attrs["series"] = series
         if event_ticker:
             attrs["event"] = event_ticker
         for name in ATTRIBUTE_FIELDS:
@@ -408,7 +392,7 @@ class KalshiRestSource:
     async def _get(
         self, http: aiohttp.ClientSession, path: str, params: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
-        """GET a JSON object, paced and retried; `_Missing` on 404 for events and series."""
+        """GET a JSON object, paced and retried; `_Missing` on 404 for a series."""
         url = self.base_url + path
         last = ""
         for attempt in range(self.max_attempts):
@@ -426,7 +410,7 @@ class KalshiRestSource:
                         if isinstance(body, dict):
                             return body
                         last = "the answer is not a JSON object"
-                    elif status == 404 and not path.startswith("/markets"):
+                    elif status == 404 and path.startswith("/series/"):
                         raise _Missing(path)
                     elif status == 429 or status >= 500:
                         last = f"HTTP {status}"

@@ -52,6 +52,10 @@ Count = Annotated[int, Strict()]
 Quantity = Annotated[str, BeforeValidator(canonical_quantity)]
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 DropPolicy = Literal["drop_oldest", "drop_newest", "block"]
+# Exchange channels a shard's connector can capture (Kalshi WebSocket v2 channel names);
+# `orderbook_delta` (snapshots + deltas) is a private channel: it needs the Kalshi API key.
+CaptureChannel = Literal["trade", "ticker", "orderbook_delta"]
+DEFAULT_CHANNELS: tuple[CaptureChannel, ...] = ("trade", "ticker")
 
 
 class _Strict(BaseModel):
@@ -199,6 +203,17 @@ class Shard(_Strict):
     resources: Resources = DEFAULT_RESOURCES
     autoscaling: Autoscaling = Autoscaling()
     buffer: Buffer = Buffer()
+    channels: list[CaptureChannel] = Field(
+        default_factory=lambda: list(DEFAULT_CHANNELS), min_length=1
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct_channels(cls, value: list[CaptureChannel]) -> list[CaptureChannel]:
+        repeated = sorted({c for c in value if value.count(c) > 1})
+        if repeated:
+            raise ValueError(f"channel(s) listed twice: {', '.join(repeated)}")
+        return value
 
     @field_validator("selector")
     @classmethod

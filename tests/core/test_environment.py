@@ -511,3 +511,39 @@ def test_republish_is_not_a_client_stream_key() -> None:
     p = only_problem(VALID + "streams:\n  client:\n    republish: true\n")
     assert (p.path, p.line) == ("streams.client.republish", 19)
     assert "unknown key 'republish'" in p.message
+
+
+# -- captured channels ------------------------------------------------------------------------
+
+
+def test_a_shard_captures_trade_and_ticker_unless_it_lists_its_channels() -> None:
+    env = parse(
+        edit(
+            "  tier2:\n    selector: {tier: 2}\n",
+            "  tier2:\n    channels: [trade, ticker, orderbook_delta]\n    selector: {tier: 2}\n",
+        )
+    )
+    assert env.shard("tier1").channels == ["trade", "ticker"]
+    assert env.shard("tier2").channels == ["trade", "ticker", "orderbook_delta"]
+
+
+@pytest.mark.parametrize(
+    ("channels", "index", "says"),
+    [
+        ("[trade, orderbook]", "[1]", "'orderbook_delta'"),
+        ("[fill]", "[0]", "'trade', 'ticker' or 'orderbook_delta'"),
+        ("[trade, trade]", "", "listed twice: trade"),
+        ("[]", "", "at least 1"),
+    ],
+)
+def test_an_unknown_or_repeated_channel_is_refused_with_file_line_and_key(
+    channels: str, index: str, says: str
+) -> None:
+    problem = only_problem(
+        edit(
+            "  tier2:\n    selector: {tier: 2}\n",
+            f"  tier2:\n    selector: {{tier: 2}}\n    channels: {channels}\n",
+        )
+    )
+    assert problem.file == FILE and problem.line == 16
+    assert problem.path == f"shards.tier2.channels{index}" and says in problem.message

@@ -362,3 +362,41 @@ async def test_the_transport_speaks_tls_for_wss_urls(tmp_path: Path) -> None:
         await until(lambda: received == [b'{"id":1}'], "the echo over TLS")
         conn.close()
         await asyncio.wait_for(conn.closed, 5)
+
+
+async def test_a_book_gap_brings_a_fresh_snapshot_and_the_books_rebuild_exactly(
+    sim: KalshiSimulator,
+) -> None:
+    sink = Sink()
+    client = KalshiWsClient(sim.ws_url, None, ["trade", "orderbook_delta"], sink.on_frames, **FAST)
+    task = await running(client)
+    await until(lambda: client.subscribed == frozenset(MARKETS), "subscribed")
+    await until(lambda: sim.sent[("orderbook_delta", MARKETS[0])] >= 10, "book traffic")
+    sim.skip_sequence(3)  # every subscription, the book's included, jumps
+    await until(lambda: client.stats.resnapshots == 1, "book subscription renewed")
+    await until(lambda: client.subscribed == frozenset(MARKETS), "renewal acknowledged")
+    await until(lambda: sim.sent[("orderbook_snapshot", MARKETS[0])] == 2, "fresh snapshots")
+    sim.pause()
+    await until(lambda: len(sink.frames) == sim.stats()["frames_out"], "every frame handed over")
+    books: dict[str, dict[str, dict[str, str]]] = {}
+    book_sid: dict[str, int] = {}  # the subscription a market's book is rebuilt from
+    for frame in sink.frames:
+        message = json.loads(frame.raw)
+        msg = message["msg"]
+        ticker = msg["market_ticker"]
+        if message["type"] == "orderbook_snapshot":
+            book_sid[ticker] = message["sid"]
+            books[ticker] = {s: dict(msg[f"{s}_dollars_fp"]) for s in ("yes", "no")}
+        elif message["type"] == "orderbook_delta" and message["sid"] == book_sid.get(ticker):
+            side = books[ticker][msg["side"]]
+            count = float(side.get(msg["price_dollars"], "0")) + float(msg["delta_fp"])
+            if count:
+                side[msg["price_dollars"]] = f"{count:.2f}"
+            else:
+                side.pop(msg["price_dollars"], None)
+    assert set(books) == set(MARKETS)
+    for ticker, rebuilt in books.items():
+        market = sim.markets[ticker]
+        assert rebuilt["yes"] == {f"{p / 100:.4f}": f"{n}.00" for p, n in market.yes_book.items()}
+        assert rebuilt["no"] == {f"{p / 100:.4f}": f"{n}.00" for p, n in market.no_book.items()}
+    await finish(client, task)

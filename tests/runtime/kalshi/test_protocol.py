@@ -25,6 +25,7 @@ from runtime.kalshi.protocol import (
     KalshiProtocol,
     Malformed,
     Subscribed,
+    Unknown,
     message_id,
 )
 from ssmd_infra.core.errors import SsmdError
@@ -348,3 +349,97 @@ def test_invalid_configuration_is_refused() -> None:
         KalshiProtocol([])
     with pytest.raises(ValueError, match=r"max_tickers must be 1\.\.256"):
         KalshiProtocol(["trade"], max_tickers=257)
+
+
+# -- order books and messages we do not capture ---------------------------------------------
+
+
+def book(kind: str, sid: int, seq: int, ticker: str = "M") -> bytes:
+    body = (
+        b'{"market_ticker":"%s","yes_dollars_fp":[["0.4500","10.00"]],"no_dollars_fp":[]}'
+        if kind == "orderbook_snapshot"
+        else b'{"market_ticker":"%s","price_dollars":"0.4500","delta_fp":"-2.00","side":"yes"}'
+    ) % ticker.encode()
+    return b'{"type":"%s","sid":%d,"seq":%d,"msg":%s}' % (kind.encode(), sid, seq, body)
+
+
+def test_a_gap_on_an_order_book_renews_that_subscription_for_a_fresh_snapshot() -> None:
+    proto = KalshiProtocol(["trade", "orderbook_delta"])
+    proto.set_markets(["M", "N"])
+    ack_subscribes(proto, commands(proto))  # trade sid 1, orderbook_delta sid 2
+    assert isinstance(proto.receive(book("orderbook_snapshot", 2, 1)), Frame)
+    assert isinstance(proto.receive(book("orderbook_delta", 2, 2)), Frame)
+    proto.receive(trade(1, 1))
+    proto.receive(trade(1, 3, trade_id="t-3"))  # a trade gap is only counted
+    assert not proto.has_commands
+    frame = proto.receive(book("orderbook_delta", 2, 5))  # 3 and 4 missing: book is broken
+    assert isinstance(frame, Frame)  # still forwarded: it is a real exchange message
+    assert (proto.stats.gaps, proto.stats.resnapshots) == (2, 1)
+    renew = commands(proto)
+    assert [(c["cmd"], c["params"]) for c in renew] == [
+        ("unsubscribe", {"sids": [2]}),
+        ("subscribe", {"channels": ["orderbook_delta"], "market_tickers": ["M", "N"]}),
+    ]
+    assert proto.subscribed == frozenset()  # until the new book subscription is acknowledged
+    proto.set_markets(["M"])  # a change meanwhile waits for the ack
+    assert not proto.has_commands
+    proto.receive(reply(id=renew[0]["id"], sid=2, type="unsubscribed"))
+    proto.receive(
+        reply(id=renew[1]["id"], type="subscribed", msg={"channel": "orderbook_delta", "sid": 3})
+    )
+    assert proto.sids == {1, 3}
+    deferred = [c["params"] for c in commands(proto)]  # the waiting change, on the new sid
+    assert deferred == [
+        {"sids": [1], "market_tickers": ["N"], "action": "delete_markets"},
+        {"sids": [3], "market_tickers": ["N"], "action": "delete_markets"},
+    ]
+    proto.receive(book("orderbook_snapshot", 3, 1))
+    proto.receive(book("orderbook_delta", 3, 2))
+    assert proto.stats.gaps == 2  # the new subscription numbers from 1
+    proto.receive(book("orderbook_delta", 2, 6))  # in flight on the old sid: forwarded, no gap
+    assert proto.stats.gaps == 2 and proto.stats.resnapshots == 1
+
+
+def test_a_refused_book_renewal_drops_the_group_so_its_markets_are_subscribed_again() -> None:
+    proto = KalshiProtocol(["trade", "orderbook_delta"])
+    proto.set_markets(["M"])
+    ack_subscribes(proto, commands(proto))
+    proto.receive(book("orderbook_snapshot", 2, 1))
+    proto.receive(book("orderbook_delta", 2, 3))
+    renew = commands(proto)
+    error = proto.receive(
+        reply(id=renew[1]["id"], type="error", msg={"code": 9, "msg": "Authentication required"})
+    )
+    assert isinstance(error, ErrorReply) and error.command == "resnapshot"
+    assert [c["params"] for c in commands(proto)] == [{"sids": [1]}]  # the trade sid let go
+    proto.set_markets(["M"])
+    assert [c["params"] for c in commands(proto)] == [
+        {"channels": ["trade", "orderbook_delta"], "market_tickers": ["M"]}
+    ]
+
+
+def test_unknown_message_types_are_counted_skipped_and_logged_once_per_type(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proto = KalshiProtocol(["trade"])
+    caplog.set_level("WARNING", logger="runtime.kalshi.protocol")
+    for i in range(5):
+        event = proto.receive(
+            b'{"type":"ticker_v3","sid":1,"seq":%d,"msg":{"market_ticker":"M","x":1}}' % i
+        )
+        assert event == Unknown("ticker_v3")
+    proto.receive(b'{"type":"market_lifecycle_v9","msg":{"market_ticker":"M"}}')
+    assert proto.stats.unknown == 6 and proto.stats.frames == 0 and proto.stats.malformed == 0
+    logged = [r.getMessage() for r in caplog.records if "unknown Kalshi message type" in r.message]
+    assert len(logged) == 2 and "'ticker_v3'" in logged[0]
+
+
+def test_unknown_fields_in_a_known_message_are_tolerated_and_kept_in_the_raw_frame() -> None:
+    proto = KalshiProtocol(["trade"])
+    raw = (
+        b'{"type":"trade","sid":1,"seq":1,"new_envelope_field":[1],"msg":{"trade_id":"t",'
+        b'"market_ticker":"M","yes_price_dollars":"0.5000","brand_new":{"a":[1,2]}}}'
+    )
+    frame = proto.receive(raw)
+    assert isinstance(frame, Frame) and frame.raw == raw and frame.ticker == "M"
+    assert proto.stats.malformed == 0

@@ -1,12 +1,12 @@
 """The Kalshi REST secmaster source against the simulator's REST API on loopback: the open
-listing page by page, category/series/event from events and series, retries on 429/5xx and
-dead servers, signed requests, bounded caches, the foundation's merge with manual symbols,
-and a connector that picks up a market listed intraday."""
+events with nested markets page by page, category/series/event from events and series,
+retries on 429/5xx and dead servers, signed requests, a bounded series cache, the
+foundation's merge with manual symbols, and a connector that picks up a market listed
+intraday."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from email.utils import formatdate
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from waiting import eventually
 
 from runtime.connector import Connector
@@ -45,16 +44,18 @@ def event_ticker(s: int, e: int) -> str:
     return f"KXT{s}-26JAN{e:02d}"
 
 
-def populate(sim: KalshiSimulator) -> dict[str, dict[str, str]]:
+def populate(sim: KalshiSimulator, event_category: bool = True) -> dict[str, dict[str, str]]:
     """240 open markets in 30 events of 6 series (dotted strikes, like Kalshi's), plus a
-    closed one; returns what each open market's attributes must be."""
+    closed one in an open event; returns what each open market's attributes must be. Without
+    `event_category` the events carry none (Kalshi's field is deprecated): only the series."""
     expected: dict[str, dict[str, str]] = {}
     for s, series in enumerate(SERIES):
         for e in range(EVENTS_PER_SERIES):
             event = event_ticker(s, e)
             for k in range(MARKETS_PER_EVENT):
                 ticker = f"{event}-B{k}.5"
-                sim.add_market(ticker, {"category": CATEGORIES[s], "series": series})
+                attrs = {"category": CATEGORIES[s], "series": series}
+                sim.add_market(ticker, attrs if event_category else {**attrs, "event_category": ""})
                 expected[ticker] = {
                     "category": CATEGORIES[s],
                     "series": series,
@@ -63,7 +64,7 @@ def populate(sim: KalshiSimulator) -> dict[str, dict[str, str]]:
                     "market_type": "binary",
                 }
     sim.add_market("KXT0-26JAN00-CLOSED", {"category": "crypto", "series": "KXT0"})
-    sim.set_market_status("KXT0-26JAN00-CLOSED", "closed")
+    sim.set_market_status("KXT0-26JAN00-CLOSED", "closed")  # its event stays open
     return expected
 
 
@@ -82,89 +83,46 @@ def source(sim: KalshiSimulator, **options: Any) -> KalshiRestSource:
 # -- listing ----------------------------------------------------------------------------------
 
 
-async def test_every_open_market_is_listed_once_across_pages_with_its_events_attributes(
+async def test_every_open_market_is_listed_once_from_the_events_pages_with_its_attributes(
     sim: KalshiSimulator,
 ) -> None:
     expected = populate(sim)
     rest = source(sim)
     listing = await asyncio.to_thread(rest.symbols)  # as the connector calls it
-    assert [t for t, _ in listing] == sorted(expected)  # once each, closed one left out
+    assert sorted(t for t, _ in listing) == sorted(expected)  # once each, closed one left out
     assert dict(listing) == expected
-    assert rest.stats.pages == 240 // 25 + 1  # pagination really happened
-    assert rest.stats.event_lookups == 30 and rest.stats.series_lookups == 0
-    assert sim.rest_requests == rest.stats.requests == rest.stats.pages + 30
+    assert rest.stats.pages == 30 // 25 + 1 and rest.stats.events == 30  # pagination happened
+    assert rest.stats.series_lookups == 0  # every event carried its category
+    assert sim.rest_requests == rest.stats.requests == rest.stats.pages
 
 
-async def test_a_refresh_looks_up_only_new_events(sim: KalshiSimulator) -> None:
+async def test_the_first_listing_costs_event_pages_not_one_request_per_event(
+    sim: KalshiSimulator,
+) -> None:
     expected = populate(sim)
-    rest = source(sim)
-    await rest.fetch()
-    before = sim.rest_requests
+    rest = KalshiRestSource(sim.rest_url, **FAST)  # the default page: 200 events
+    assert dict(await rest.fetch()) == expected
+    assert sim.rest_requests == 1
     sim.add_market("KXNEW-26FEB01-T3", {"category": "crypto", "series": "KXNEW"})
-    listing = dict(await rest.fetch())
-    assert len(listing) == len(expected) + 1
+    listing = dict(await rest.fetch())  # a refresh sees a market listed since
     assert listing["KXNEW-26FEB01-T3"]["series"] == "KXNEW"
-    assert sim.rest_requests - before == 241 // 25 + 1 + 1  # the pages + the one new event
-    assert rest.stats.event_lookups == 31
+    assert len(listing) == len(expected) + 1 and sim.rest_requests == 2
 
 
-class _CategoryOnSeries(KalshiSimulator):
-    """The simulator, but its events carry no category (the series does), as some of
-    Kalshi's events are served."""
-
-    async def _rest_event(self, request: web.Request) -> web.Response:
-        response = await super()._rest_event(request)
-        if response.status != 200:
-            return response
-        assert isinstance(response.body, bytes)
-        body = json.loads(response.body)
-        body["event"]["category"] = ""
-        return web.json_response(body)
+async def test_an_event_without_category_takes_its_series_category_once_per_series(
+    sim: KalshiSimulator,
+) -> None:
+    expected = populate(sim, event_category=False)
+    rest = source(sim)
+    assert dict(await rest.fetch()) == expected
+    assert rest.stats.series_lookups == 6
+    assert dict(await rest.fetch()) == expected
+    assert rest.stats.series_lookups == 6  # cached: series do not change category
 
 
-async def test_an_event_without_category_takes_its_series_category_once_per_series() -> None:
-    sim = _CategoryOnSeries({}, rate_per_market=0.0)
-    await sim.start()
-    try:
-        expected = populate(sim)
-        rest = source(sim)
-        assert dict(await rest.fetch()) == expected
-        assert rest.stats.event_lookups == 30 and rest.stats.series_lookups == 6
-    finally:
-        await sim.stop()
-
-
-class _EventGone(KalshiSimulator):
-    """The simulator, but one listed market's event is already gone (404), as happens when
-    an event settles between the listing and the lookup."""
-
-    async def _rest_event(self, request: web.Request) -> web.Response:
-        if request.match_info["event_ticker"] == "KXGONE-26JAN01":
-            return web.json_response({"error": {"code": "not_found"}}, status=404)
-        return await super()._rest_event(request)
-
-
-async def test_an_event_gone_between_listing_and_lookup_leaves_the_market_without_it() -> None:
-    sim = _EventGone({}, rate_per_market=0.0)
-    await sim.start()
-    try:
-        sim.add_market("KXGONE-26JAN01-T1", {"category": "sports"})
-        rest = source(sim)
-        assert await rest.fetch() == [
-            # the market's own (deprecated) category, no series: nothing invented
-            (
-                "KXGONE-26JAN01-T1",
-                {
-                    "category": "sports",
-                    "event": "KXGONE-26JAN01",
-                    "status": "active",
-                    "market_type": "binary",
-                },
-            )
-        ]
-        assert "KXGONE-26JAN01" not in rest.events  # a miss is not cached
-    finally:
-        await sim.stop()
+def test_an_unknown_listing_status_is_refused_up_front() -> None:
+    with pytest.raises(SsmdError, match=r"status must be one of closed, open, settled, unopened"):
+        KalshiRestSource("http://127.0.0.1:1/trade-api/v2", status="active")
 
 
 # -- faults -----------------------------------------------------------------------------------
@@ -178,7 +136,7 @@ async def test_429_and_5xx_are_retried_and_the_listing_completes(sim: KalshiSimu
     sim.fail_rest(1, 500)
     assert dict(await rest.fetch()) == expected
     assert rest.stats.retries == 4
-    assert sim.rest_requests == rest.stats.pages + 30 + 4
+    assert sim.rest_requests == rest.stats.pages + 4
 
 
 async def test_a_request_failing_past_the_retry_budget_is_a_clear_error(
@@ -187,7 +145,7 @@ async def test_a_request_failing_past_the_retry_budget_is_a_clear_error(
     populate(sim)
     rest = source(sim, max_attempts=3)
     sim.fail_rest(10, 502)
-    with pytest.raises(KalshiRestError, match=r"GET .*/markets failed 3 times.*HTTP 502"):
+    with pytest.raises(KalshiRestError, match=r"GET .*/events failed 3 times.*HTTP 502"):
         await rest.fetch()
     assert sim.rest_requests == 3
 
@@ -201,7 +159,7 @@ async def test_an_unreachable_exchange_is_retried_then_a_clear_error() -> None:
 
 async def test_a_listing_that_never_ends_is_bounded(sim: KalshiSimulator) -> None:
     populate(sim)
-    rest = source(sim, max_pages=3)
+    rest = source(sim, max_pages=3, page_limit=5)
     with pytest.raises(KalshiRestError, match="more than 3 pages"):
         await rest.fetch()
     assert rest.stats.pages == 3
@@ -233,19 +191,19 @@ async def test_signed_requests_pass_the_simulators_check_and_a_wrong_key_is_refu
 # -- bounds -----------------------------------------------------------------------------------
 
 
-async def test_the_event_cache_is_bounded_and_a_small_one_costs_lookups_not_attributes(
+async def test_the_series_cache_is_bounded_and_a_small_one_costs_lookups_not_attributes(
     sim: KalshiSimulator,
 ) -> None:
-    expected = populate(sim)
-    small = source(sim, cache_size=4)
+    expected = populate(sim, event_category=False)
+    small = source(sim, cache_size=2)
     assert dict(await small.fetch()) == expected
-    assert len(small.events) == 4
+    assert len(small.series) == 2
     assert dict(await small.fetch()) == expected
-    assert small.stats.event_lookups == 2 * 30 - 4  # the 4 still cached were not asked again
+    assert small.stats.series_lookups == 6 + 4  # the 2 still cached were not asked again
     roomy = source(sim, cache_size=64)
     await roomy.fetch()
     await roomy.fetch()
-    assert len(roomy.events) == 30 and roomy.stats.event_lookups == 30
+    assert len(roomy.series) == 6 and roomy.stats.series_lookups == 6
 
 
 def test_lru_cache_evicts_the_least_recently_used() -> None:

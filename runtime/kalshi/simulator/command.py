@@ -15,8 +15,8 @@ import typer
 from ssmd_infra.core.environment import load_environment
 from ssmd_infra.core.errors import SsmdError
 
-from .auth import generate_key_pair
-from .simulator import KalshiSimulator
+from ..auth import generate_key_pair
+from .exchange import KalshiSimulator
 
 
 async def _serve(simulator: KalshiSimulator) -> None:
