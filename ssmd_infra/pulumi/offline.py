@@ -114,13 +114,13 @@ class RecordingMocks(pulumi.runtime.Mocks):
             digest = "sha256:" + hashlib.sha256(body).hexdigest()
             outputs.update(digest=digest, ref=f"{repository}@{digest}")
         metadata = args.inputs.get("metadata")
-        if args.typ.startswith("kubernetes:") and isinstance(metadata, dict):
-            if not metadata.get("name"):
-                # pulumi-kubernetes auto-names `{resource name}-<random suffix>`, a new suffix
-                # per replacement; a digest of the inputs stands in for the random part
-                body = json.dumps(args.inputs, sort_keys=True, default=str).encode()
-                suffix = hashlib.sha256(body).hexdigest()[:8]
-                outputs["metadata"] = {**metadata, "name": f"{args.name}-{suffix}"}
+        unnamed = isinstance(metadata, dict) and not metadata.get("name")
+        if args.typ.startswith("kubernetes:") and isinstance(metadata, dict) and unnamed:
+            # pulumi-kubernetes auto-names `{resource name}-<random suffix>`, a new suffix
+            # per replacement; a digest of the inputs stands in for the random part
+            body = json.dumps(args.inputs, sort_keys=True, default=str).encode()
+            suffix = hashlib.sha256(body).hexdigest()[:8]
+            outputs["metadata"] = {**metadata, "name": f"{args.name}-{suffix}"}
         with self._lock:
             self.resources.append(Declared(args.typ, args.name, args.inputs))
         return f"{args.name}-id", outputs
