@@ -43,6 +43,7 @@ class Declared:
     name: str
     inputs: dict[str, Any]
     urn: str = ""
+    auto_name: str | None = None  # the name the provider gives an object without one
 
     @property
     def parent_type(self) -> str | None:
@@ -51,8 +52,11 @@ class Declared:
         return chain[-2] if len(chain) > 1 else None
 
     def manifest(self) -> dict[str, Any]:
-        """The Kubernetes object as it would be applied (secrets unwrapped)."""
-        return _integral(unwrap_secrets(self.inputs))  # type: ignore[no-any-return]
+        """The Kubernetes object as it would be applied (secrets unwrapped, auto-named)."""
+        obj: dict[str, Any] = _integral(unwrap_secrets(self.inputs))
+        if self.auto_name is not None:
+            obj["metadata"] = {**obj.get("metadata", {}), "name": self.auto_name}
+        return obj
 
 
 @dataclass
@@ -115,14 +119,16 @@ class RecordingMocks(pulumi.runtime.Mocks):
             outputs.update(digest=digest, ref=f"{repository}@{digest}")
         metadata = args.inputs.get("metadata")
         unnamed = isinstance(metadata, dict) and not metadata.get("name")
+        auto_name = None
         if args.typ.startswith("kubernetes:") and isinstance(metadata, dict) and unnamed:
             # pulumi-kubernetes auto-names `{resource name}-<random suffix>`, a new suffix
             # per replacement; a digest of the inputs stands in for the random part
             body = json.dumps(args.inputs, sort_keys=True, default=str).encode()
             suffix = hashlib.sha256(body).hexdigest()[:8]
-            outputs["metadata"] = {**metadata, "name": f"{args.name}-{suffix}"}
+            auto_name = f"{args.name}-{suffix}"
+            outputs["metadata"] = {**metadata, "name": auto_name}
         with self._lock:
-            self.resources.append(Declared(args.typ, args.name, args.inputs))
+            self.resources.append(Declared(args.typ, args.name, args.inputs, auto_name=auto_name))
         return f"{args.name}-id", outputs
 
     def call(
@@ -137,7 +143,8 @@ def _attach_urns(run: OfflineRun, monitor: MockMonitor) -> None:
         parts = urn.split("::")
         by_key[(parts[2].split("$")[-1], parts[3])] = urn
     run.resources[:] = [
-        Declared(r.type, r.name, r.inputs, by_key.get((r.type, r.name), "")) for r in run.resources
+        Declared(r.type, r.name, r.inputs, by_key.get((r.type, r.name), ""), r.auto_name)
+        for r in run.resources
     ]
 
 
