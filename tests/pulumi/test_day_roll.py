@@ -144,7 +144,9 @@ def base(module_tmp: Path, keys: tuple[str, str]) -> OfflineRun:
     return run(ENV, module_tmp, keys[0])
 
 
-def edited(tmp_path: Path, keys: tuple[str, str], env_text: str = ENV, **override: str) -> OfflineRun:
+def edited(
+    tmp_path: Path, keys: tuple[str, str], env_text: str = ENV, **override: str
+) -> OfflineRun:
     return run(env_text, tmp_path, keys[0], **override)
 
 
