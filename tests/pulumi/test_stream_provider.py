@@ -244,7 +244,7 @@ def test_configure_takes_the_admin_url_else_the_pods_url_and_refuses_a_bad_one()
     provider = NatsStreamProvider()
     provider.configure(ConfigureRequest(Config({"ssmd:natsUrl": "nats://pods:4222"}, "ssmd")))
     assert provider._url() == "nats://pods:4222"
-    with pytest.raises(SsmdError, match="ssmd:natsAdminUrl: .*scheme must be one of"):
+    with pytest.raises(SsmdError, match=r"ssmd:natsAdminUrl: .*scheme must be one of"):
         NatsStreamProvider().configure(configuration("http://nats:4222"))
     with pytest.raises(SsmdError, match="not set"):
         NatsStreamProvider().configure(ConfigureRequest(Config({}, "ssmd")))
