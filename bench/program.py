@@ -106,7 +106,9 @@ def main() -> None:
             )
             return [
                 manifests.shard_objects(
-                    manifests.ShardContext(env, layout, env.shards[s], stack, "image@sha256:0")
+                    manifests.ShardContext(
+                        env, layout, env.shards[s], stack, manifests.Refs.pending(False)
+                    )
                 )
                 for s in env.shards
             ]
