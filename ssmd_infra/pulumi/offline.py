@@ -36,6 +36,17 @@ SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker of a secret v
 
 
 @dataclass(frozen=True)
+class ResourceOptionsSeen:
+    """The resource options the engine received with a registration (what mocks hide)."""
+
+    protect: bool = False
+    retain_on_delete: bool = False
+    ignore_changes: tuple[str, ...] = ()
+    delete_before_replace: bool = False
+    provider: str = ""
+
+
+@dataclass(frozen=True)
 class Declared:
     """One resource the program registered."""
 
@@ -44,6 +55,7 @@ class Declared:
     inputs: dict[str, Any]
     urn: str = ""
     auto_name: str | None = None  # the name the provider gives an object without one
+    options: ResourceOptionsSeen = field(default_factory=lambda: ResourceOptionsSeen())
 
     @property
     def parent_type(self) -> str | None:
@@ -137,15 +149,36 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return {}, None
 
 
-def _attach_urns(run: OfflineRun, monitor: MockMonitor) -> None:
+class RecordingMonitor(MockMonitor):
+    """The mock engine, also keeping each registration's resource options by URN."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.options: dict[str, ResourceOptionsSeen] = {}
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method name
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        self.options[response.urn] = ResourceOptionsSeen(
+            protect=bool(request.protect),
+            retain_on_delete=bool(request.retainOnDelete),
+            ignore_changes=tuple(request.ignoreChanges),
+            delete_before_replace=bool(request.deleteBeforeReplace),
+            provider=str(request.provider),
+        )
+        return response
+
+
+def _attach_urns(run: OfflineRun, monitor: RecordingMonitor) -> None:
     by_key = {}
     for urn in monitor.get_registered_resources():
         parts = urn.split("::")
         by_key[(parts[2].split("$")[-1], parts[3])] = urn
-    run.resources[:] = [
-        Declared(r.type, r.name, r.inputs, by_key.get((r.type, r.name), ""), r.auto_name)
-        for r in run.resources
-    ]
+    resources = []
+    for r in run.resources:
+        urn = by_key.get((r.type, r.name), "")
+        seen = monitor.options.get(urn, ResourceOptionsSeen())
+        resources.append(Declared(r.type, r.name, r.inputs, urn, r.auto_name, seen))
+    run.resources[:] = resources
 
 
 def _usable_event_loop() -> None:
@@ -187,7 +220,7 @@ def run_program(
     """
     _usable_event_loop()
     mocks = RecordingMocks()
-    monitor = MockMonitor(mocks)
+    monitor = RecordingMonitor(mocks)
     pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_mocks(mocks, project="ssmd", stack=stack, preview=preview, monitor=monitor)
     pulumi.runtime.set_all_config(

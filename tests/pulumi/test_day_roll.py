@@ -116,12 +116,27 @@ def _replaced(type_: str, a: dict[str, Any], b: dict[str, Any]) -> bool:
     )
 
 
+def _without(inputs: dict[str, Any], ignored: tuple[str, ...]) -> dict[str, Any]:
+    """`inputs` less the `ignore_changes` paths (dotted): the engine does not diff them."""
+    out: dict[str, Any] = json.loads(json.dumps(inputs, default=str))
+    for path in ignored:
+        *parents, leaf = path.split(".")
+        node: Any = out
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
 def roll(before: OfflineRun, after: OfflineRun) -> Roll:
     old = {r.urn: r for r in before.resources}
     new = {r.urn: r for r in after.resources}
     changed, replaced = set(), set()
     for urn in old.keys() & new.keys():
-        a, b = unwrap_secrets(old[urn].inputs), unwrap_secrets(new[urn].inputs)
+        ignored = new[urn].options.ignore_changes
+        a = _without(unwrap_secrets(old[urn].inputs), ignored)
+        b = _without(unwrap_secrets(new[urn].inputs), ignored)
         if a == b:
             continue
         # a new metadata.name is a replacement (create the new object, then delete the old)
@@ -299,3 +314,80 @@ def test_pods_read_the_endpoints_from_the_secret(base: OfflineRun) -> None:
     assert refs["NATS_URL"]["name"].startswith("ssmd-endpoints-")
     assert not any(a.startswith(("nats://", "redis://")) for a in container["args"])
     assert container["command"] == ["python", "-m", "runtime"]
+
+
+def test_a_bigger_archive_resizes_the_claims_in_place_and_keeps_the_statefulsets(
+    base: OfflineRun, tmp_path: Path, keys: tuple[str, str]
+) -> None:
+    after = edited(tmp_path, keys, archiveStorageSize="200Gi")
+    assert roll(base, after) == Roll(
+        changed={"tier1-archive", "tier2-archive"}, replaced=set(), created=set(), deleted=set()
+    )
+    claim = after.named("kubernetes:core/v1:PersistentVolumeClaim", "tier1-archive").manifest()
+    assert claim["metadata"]["name"] == "archive-ssmd-archiver-tier1-0"  # the StatefulSet's own
+    assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    archiver = after.named("kubernetes:apps/v1:StatefulSet", "tier1-archiver")
+    assert archiver.options.ignore_changes == ("spec.volumeClaimTemplates",)
+
+
+def test_data_and_the_namespace_are_protected_by_default(
+    tmp_path: Path, keys: tuple[str, str]
+) -> None:
+    result = edited(tmp_path, keys, createNamespace="true")
+    kept = {
+        r.name: (r.options.protect, r.options.retain_on_delete)
+        for r in result.resources
+        if r.options.protect or r.options.retain_on_delete
+    }
+    assert kept == {
+        "namespace": (True, True),
+        "tier1-stream": (True, False),
+        "tier2-stream": (True, False),
+        "client-stream": (True, False),
+        "tier1-archive": (True, True),
+        "tier2-archive": (True, True),
+    }
+
+
+def test_protect_false_lets_pulumi_delete_streams_and_the_namespace(
+    tmp_path: Path, keys: tuple[str, str]
+) -> None:
+    result = edited(tmp_path, keys, createNamespace="true", protect="false")
+    assert not any(r.options.protect for r in result.resources)
+    # the namespace and the archives are still left in the cluster when the stack drops them
+    retained = {r.name for r in result.resources if r.options.retain_on_delete}
+    assert retained == {"namespace", "tier1-archive", "tier2-archive"}
+
+
+def test_no_config_object_is_deleted_before_it_is_replaced(base: OfflineRun) -> None:
+    assert not any(r.options.delete_before_replace for r in base.resources)
+    configs = [r for r in base.resources if r.type in ("kubernetes:core/v1:ConfigMap", SECRET)]
+    fixed = {r.name for r in configs if _name(r.inputs)}
+    # fixed names: the content-addressed shard ConfigMaps and the catalog (edited in place)
+    assert fixed == {"tier1-config", "tier2-config", "shard-catalog"}
+    (provider,) = base.of_type("pulumi:providers:kubernetes")
+    assert provider.inputs["enableConfigMapMutable"] == "true"
+
+
+def test_a_60_character_environment_name_keeps_every_selector_unique_and_valid(
+    tmp_path: Path, keys: tuple[str, str]
+) -> None:
+    import kubernetes_validate
+
+    name = "kalshi-" + "x" * 53
+    assert len(name) == 60
+    text = ENV.replace("name: roll-env", f"name: {name}").replace("  tier2:", "  tier1b:")
+    result = edited(tmp_path, keys, text)
+    selectors = []
+    for obj in result.kubernetes_objects():
+        kubernetes_validate.validate(obj, "1.35.0", strict=True)
+        for value in obj["metadata"].get("labels", {}).values():
+            assert len(value) <= 63
+        match = obj.get("spec", {}).get("selector", {})
+        match = match.get("matchLabels", match) if isinstance(match, dict) else {}
+        if match:
+            selectors.append((obj["kind"], json.dumps(match, sort_keys=True)))
+    # per shard: the Deployment, its PDB, the archiver Service and StatefulSet
+    assert len(selectors) == len(set(selectors)) == 8
+    instances = {json.loads(s)["app.kubernetes.io/instance"] for _, s in selectors}
+    assert len(instances) == 2
