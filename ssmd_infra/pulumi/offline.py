@@ -156,7 +156,7 @@ class RecordingMonitor(MockMonitor):
         super().__init__(mocks)
         self.options: dict[str, ResourceOptionsSeen] = {}
 
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - the gRPC method name
+    def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
         self.options[response.urn] = ResourceOptionsSeen(
             protect=bool(request.protect),
