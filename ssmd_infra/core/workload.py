@@ -34,6 +34,15 @@ def archiver_name(shard: str) -> str:
     return f"ssmd-archiver-{shard}"
 
 
+ARCHIVE_VOLUME = "archive"
+
+
+def archive_claim_name(shard: str) -> str:
+    """The archiver's volume claim, as its StatefulSet names it (`{template}-{set}-{ordinal}`,
+    one replica): the Pulumi program declares it under that name to resize it in place."""
+    return f"{ARCHIVE_VOLUME}-{archiver_name(shard)}-0"
+
+
 @dataclass(frozen=True)
 class Endpoints:
     """Where a shard's processes find the shared servers."""

@@ -182,20 +182,17 @@ def _secret_name(secret: pulumi.CustomResource) -> pulumi.Output[str]:
     return metadata.apply(lambda m: str(m["name"] if isinstance(m, dict) else m.name))
 
 
-def archive_claim_name(shard: str) -> str:
-    """The StatefulSet's claim of pod 0 (`{template}-{statefulset}-{ordinal}`): declared by the
-    program, so a storage change resizes it in place instead of replacing the StatefulSet."""
-    return f"archive-{workload.archiver_name(shard)}-0"
-
-
 def archive_claim(archiver: dict[str, Any], shard: str) -> dict[str, Any]:
+    """The archiver's claim, declared by the program (not left to the claim template), so a
+    storage change resizes it in place instead of replacing the StatefulSet; Kubernetes
+    refuses a shrink, and a class that does not allow expansion, with its own reason."""
     template = archiver["spec"]["volumeClaimTemplates"][0]
     metadata = archiver["metadata"]
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": {
-            "name": archive_claim_name(shard),
+            "name": workload.archive_claim_name(shard),
             "namespace": metadata["namespace"],
             "labels": template["metadata"]["labels"],
         },

@@ -43,6 +43,7 @@ from ssmd_infra.core.subjects import (
     internal_wildcard,
 )
 from ssmd_infra.core.workload import (
+    ARCHIVE_VOLUME,
     NATS_URL_VARIABLE,
     REDIS_URL_VARIABLE,
     RUNTIME_MODULE,
@@ -522,7 +523,7 @@ def archiver_statefulset(ctx: ShardContext, data_checksum: str) -> Obj:
             "volumeClaimTemplates": [
                 {
                     "metadata": {
-                        "name": "archive",
+                        "name": ARCHIVE_VOLUME,
                         "labels": labels(ctx.env, ctx.name, "archiver"),
                     },
                     "spec": claim_spec,
