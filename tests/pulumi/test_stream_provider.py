@@ -118,8 +118,10 @@ def test_create_adopts_an_existing_stream_that_already_matches(server: ServerPro
 def test_create_refuses_an_existing_stream_with_another_config(server: ServerProcess) -> None:
     spec = internal_stream_spec(make_env("cx"), "cxa")
     reconcile(server.url, [dataclasses.replace(spec, max_bytes=1024 * 1024)])
-    with pytest.raises(SsmdError, match="already exists with a different configuration"):
+    with pytest.raises(SsmdError, match="already exists with a different configuration") as exc:
         at(server.url).create(props(spec))
+    assert "cannot be imported into the stack" in str(exc.value)
+    assert "nats stream rm ssmd-internal-cxa" in str(exc.value)
 
 
 def test_diff_ignores_the_pickled_provider_and_number_formats() -> None:
