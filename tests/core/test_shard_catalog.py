@@ -67,9 +67,11 @@ def test_the_catalog_renders_stably() -> None:
 def test_a_catalog_of_another_environment_or_malformed_is_refused_with_the_file() -> None:
     own = parse_environment(TIER1_ONLY, "tier1/environment.yaml")
     other = parse_environment(WHOLE.replace("name: cat", "name: dog"), "dog.yaml")
-    with pytest.raises(ConfigError, match="shards.json: the shard catalog is of environment 'dog'"):
+    with pytest.raises(
+        ConfigError, match=r"shards\.json: the shard catalog is of environment 'dog'"
+    ):
         with_catalog(own, "tier1", render_catalog(other), "shards.json")
-    with pytest.raises(ConfigError, match=r"shards.json: invalid shard catalog at shards"):
+    with pytest.raises(ConfigError, match=r"shards\.json: invalid shard catalog at shards"):
         with_catalog(
             own, "tier1", '{"environment": "cat", "shards": 3, "assignments": {}}', "shards.json"
         )

@@ -497,7 +497,8 @@ async def test_with_its_own_shard_only_the_catalog_decides_carve_outs_and_is_rer
     catalog = tmp_path / "shards.json"
     catalog.write_text(render_catalog(carved))
     live = Markets({s: {"tier": "1"} for s in TIER1})
-    connector = setup.connector(symbol_source=live, refresh_interval=0.1, shards_file=catalog)
+    pod = Setup(own, setup.shard, setup.nats_url, setup.sim)
+    connector = pod.connector(symbol_source=live, refresh_interval=0.1, shards_file=catalog)
     async with running(connector):
         rest = set(TIER1) - {"BTCUSD"}
         await eventually(lambda: setup.sim.subscribed_markets() == rest, "carve-out left out")
