@@ -44,6 +44,7 @@ class ResourceOptionsSeen:
     ignore_changes: tuple[str, ...] = ()
     delete_before_replace: bool = False
     provider: str = ""
+    parent: str = ""  # the parent's URN
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ class RecordingMonitor(MockMonitor):
             ignore_changes=tuple(request.ignoreChanges),
             delete_before_replace=bool(request.deleteBeforeReplace),
             provider=str(request.provider),
+            parent=str(request.parent),
         )
         return response
 

@@ -1,15 +1,14 @@
 """An exact day roll: the program run twice under mocks, before and after one edit.
 
-Each test diffs the registered resources by URN and inputs and asserts the exact sets of
-resources that change in place, are replaced (a new `metadata.name`: content-addressed
-ConfigMaps, auto-named Secrets), are created and are deleted — what `pulumi preview` would
-list after that edit.
+Each test diffs the registered resources by URN and inputs (`ssmd_infra.pulumi.preview`, with
+the providers' replacement rules) and asserts the exact sets of resources that change in
+place, are replaced (a new `metadata.name`: content-addressed ConfigMaps; new Secret data),
+are created and are deleted — what `pulumi preview` would list after that edit.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ssmd_infra.pulumi.offline import OfflineRun, run_program, unwrap_secrets
+from ssmd_infra.pulumi.preview import Roll, render, roll
 
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = REPO / "__main__.py"
@@ -88,65 +88,9 @@ def run(env_text: str, tmp_path: Path, private_key: str, **override: str) -> Off
     )
 
 
-@dataclass(frozen=True)
-class Roll:
-    """What `pulumi up` would do, by resource name (names are unique in this program)."""
-
-    changed: set[str]
-    replaced: set[str]
-    created: set[str]
-    deleted: set[str]
-
-
 def _name(resource_inputs: dict[str, Any]) -> object:
     metadata = resource_inputs.get("metadata")
     return metadata.get("name") if isinstance(metadata, dict) else None
-
-
-def _replaced(type_: str, a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """pulumi-kubernetes' rule for this program: a new `metadata.name` replaces (create the
-    new object, then delete the old); so does a change of a Secret's data (replace-on-change,
-    the program does not enable `enableSecretMutable`). ConfigMap data is mutable (the program's
-    provider sets `enableConfigMapMutable`), but the shard ConfigMaps change name with content."""
-    if _name(a) != _name(b):
-        return True
-    return type_ == SECRET and (a.get("stringData"), a.get("data")) != (
-        b.get("stringData"),
-        b.get("data"),
-    )
-
-
-def _without(inputs: dict[str, Any], ignored: tuple[str, ...]) -> dict[str, Any]:
-    """`inputs` less the `ignore_changes` paths (dotted): the engine does not diff them."""
-    out: dict[str, Any] = json.loads(json.dumps(inputs, default=str))
-    for path in ignored:
-        *parents, leaf = path.split(".")
-        node: Any = out
-        for key in parents:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return out
-
-
-def roll(before: OfflineRun, after: OfflineRun) -> Roll:
-    old = {r.urn: r for r in before.resources}
-    new = {r.urn: r for r in after.resources}
-    changed, replaced = set(), set()
-    for urn in old.keys() & new.keys():
-        ignored = new[urn].options.ignore_changes
-        a = _without(unwrap_secrets(old[urn].inputs), ignored)
-        b = _without(unwrap_secrets(new[urn].inputs), ignored)
-        if a == b:
-            continue
-        # a new metadata.name is a replacement (create the new object, then delete the old)
-        (replaced if _replaced(new[urn].type, a, b) else changed).add(new[urn].name)
-    return Roll(
-        changed=changed,
-        replaced=replaced,
-        created={new[u].name for u in new.keys() - old.keys()},
-        deleted={old[u].name for u in old.keys() - new.keys()},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -391,3 +335,53 @@ def test_a_60_character_environment_name_keeps_every_selector_unique_and_valid(
     assert len(selectors) == len(set(selectors)) == 8
     instances = {json.loads(s)["app.kubernetes.io/instance"] for _, s in selectors}
     assert len(instances) == 2
+
+
+# ----------------------------------------------------------------------------- README preview
+
+TIER1A = """\
+  tier1a:
+    selector:
+      tier: 1
+      prefix: "BTC*"
+    replicas: 2
+    resources:
+      cpu: "500m"
+      memory: "512Mi"
+
+"""
+README_BLOCK = ("<!-- preview: split of tier1 -->\n```text\n", "```\n<!-- /preview -->")
+
+
+def seed_split_preview(tmp_path: Path, private_key: str) -> str:
+    """`pulumi preview -s kalshi-prod` after the seed's split of tier1 (a `tier1a` carve-out
+    of the BTC markets), with the committed stack file."""
+    import yaml
+
+    stack = yaml.safe_load((REPO / "Pulumi.kalshi-prod.yaml").read_text())["config"]
+    config = {key.removeprefix("ssmd:"): str(value) for key, value in stack.items()}
+    config["kalshiPrivateKey"] = private_key
+    seed = (REPO / "exchanges" / "environments" / "kalshi-prod.yaml").read_text()
+    split = seed.replace("  tier2:\n", TIER1A + "  tier2:\n", 1)
+    assert split != seed
+    runs = []
+    for name, text in (("before", seed), ("after", split)):
+        (tmp_path / name).mkdir()
+        env_file = tmp_path / name / "kalshi-prod.yaml"
+        env_file.write_text(text)
+        runs.append(
+            run_program(
+                PROGRAM, {**config, "environment": str(env_file)}, secret_keys=("kalshiPrivateKey",)
+            )
+        )
+    return render(runs[0], runs[1], stack="kalshi-prod")
+
+
+def test_the_readme_shows_the_exact_preview_of_the_seeds_split_of_tier1(
+    tmp_path: Path, keys: tuple[str, str]
+) -> None:
+    preview = seed_split_preview(tmp_path, keys[0])
+    readme = (REPO / "README.md").read_text()
+    start, end = README_BLOCK
+    shown = readme.split(start, 1)[1].split(end, 1)[0]
+    assert shown == preview
