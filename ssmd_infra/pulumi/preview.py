@@ -5,8 +5,10 @@ mock engine (`ssmd_infra.pulumi.offline`) — before and after an edit — and t
 are compared by URN and inputs with the providers' own rules:
 
 - pulumi-kubernetes replaces an object whose `metadata.name` changes (the new one is created
-  first, the old one deleted after: the names differ, so no delete-before-replace), and an
-  object whose Secret data changes (Secret data is replace-on-change; the program does not set
+  first, the old one deleted after: the names differ, so no delete-before-replace), an object
+  whose replace-on-change fields change (`FORCE_NEW`: a claim's storage class, a StatefulSet's
+  claim templates — which the program tells the engine to ignore), and a Secret whose data
+  changes (Secret data is replace-on-change; the program does not set
   `enableSecretMutable`; without a fixed name the replacement gets a new one). ConfigMap data is
   an update in place (the program's provider sets `enableConfigMapMutable`);
 - a stream is replaced when a field the server cannot change in place changes
@@ -28,6 +30,24 @@ from ssmd_infra.pulumi.offline import Declared, OfflineRun, unwrap_secrets
 
 SECRET = "kubernetes:core/v1:Secret"
 STREAM = "pulumi-python:dynamic/ssmd:NatsStream"
+# pulumi-kubernetes' replace-on-change fields of the kinds this program declares (its
+# `forceNew` table), as (top-level key, field) pairs
+FORCE_NEW: dict[str, tuple[tuple[str, str], ...]] = {
+    "kubernetes:core/v1:PersistentVolumeClaim": (
+        ("spec", "accessModes"),
+        ("spec", "selector"),
+        ("spec", "storageClassName"),
+        ("spec", "volumeName"),
+    ),
+    "kubernetes:apps/v1:StatefulSet": (
+        ("spec", "podManagementPolicy"),
+        ("spec", "revisionHistoryLimit"),
+        ("spec", "selector"),
+        ("spec", "serviceName"),
+        ("spec", "volumeClaimTemplates"),
+    ),
+    "kubernetes:apps/v1:Deployment": (("spec", "selector"),),
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,9 @@ def _replaced(type_: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
         return bool(stream_rules.replacement_fields(spec_from_props(old), spec_from_props(new)))
     if _name(old) != _name(new):
         return True
+    for top, field in FORCE_NEW.get(type_, ()):
+        if (old.get(top) or {}).get(field) != (new.get(top) or {}).get(field):
+            return True
     data = ("stringData", "data")
     return type_ == SECRET and [old.get(k) for k in data] != [new.get(k) for k in data]
 

@@ -118,6 +118,12 @@ def base_config(private_key: str) -> dict[str, str]:
     }
 
 
+def stack_line(key: str) -> int:
+    """The line of `ssmd:<key>` in the committed stack file (problems point at it)."""
+    lines = (REPO / "Pulumi.kalshi-prod.yaml").read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if line.startswith(f"  ssmd:{key}:"))
+
+
 def run(config: dict[str, str], **kwargs: Any) -> OfflineRun:
     return run_program(PROGRAM, config, secret_keys=("kalshiPrivateKey",), **kwargs)
 
@@ -580,7 +586,10 @@ def refused(config: dict[str, str], secret_keys: tuple[str, ...] = ("kalshiPriva
 
 def test_missing_environment_key_is_refused(base_config: dict[str, str]) -> None:
     config = {k: v for k, v in base_config.items() if k != "environment"}
-    assert "Pulumi.kalshi-prod.yaml:12: ssmd:environment: required" in refused(config)
+    assert (
+        f"Pulumi.kalshi-prod.yaml:{stack_line('environment')}: ssmd:environment: required"
+        in refused(config)
+    )
 
 
 def test_an_environment_that_does_not_exist_is_refused(base_config: dict[str, str]) -> None:
@@ -636,7 +645,7 @@ def test_a_stream_limit_of_zero_or_below_is_refused(
 )
 def test_a_malformed_nats_url_is_refused(base_config: dict[str, str], url: str, why: str) -> None:
     message = refused({**base_config, "natsUrl": url})
-    assert "Pulumi.kalshi-prod.yaml:20: ssmd:natsUrl: " in message
+    assert f"Pulumi.kalshi-prod.yaml:{stack_line('natsUrl')}: ssmd:natsUrl: " in message
     assert why in message
 
 
@@ -675,7 +684,10 @@ def test_stack_and_environment_problems_are_reported_together(
     config = {**base_config, "environment": str(test_env_file), "redisUrl": "mysql://db"}
     message = refused(config)
     assert message.startswith("2 problems:")
-    assert "Pulumi.kalshi-prod.yaml:25: ssmd:redisUrl: malformed Redis URL" in message
+    assert (
+        f"Pulumi.kalshi-prod.yaml:{stack_line('redisUrl')}: ssmd:redisUrl: malformed Redis URL"
+        in message
+    )
     assert f"{test_env_file}:" in message and "shards.tier1.replicas" in message
 
 
