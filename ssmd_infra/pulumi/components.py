@@ -54,7 +54,7 @@ class DeploymentInputs:
     client_stream: StreamSpec
     # every shard's objects, built (and so checked) before any resource is declared
     shard_objects: dict[str, manifests.ShardObjects]
-    catalog: dict[str, Any] = field(default_factory=dict)
+    catalog: dict[str, Any]  # the shard catalog ConfigMap
     private_key: pulumi.Output[str] | None = None
 
 
