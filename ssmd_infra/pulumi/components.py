@@ -348,7 +348,12 @@ class EnvironmentComponent(pulumi.ComponentResource):
                 "Secret",
                 manifests.KALSHI_SECRET_PREFIX,
                 manifests.kalshi_secret(env, config, inputs.private_key),
-                secret_opts,
+                pulumi.ResourceOptions.merge(
+                    secret_opts,
+                    # its name in stacks deployed before the Secret was auto-named: the same
+                    # resource, replaced (new object first) rather than deleted and created
+                    pulumi.ResourceOptions(aliases=[pulumi.Alias(name="kalshi-credentials")]),
+                ),
             )
             base.append(self.secret)
         self.image_ref = self._image(config)
