@@ -155,7 +155,8 @@ def render(before: OfflineRun, after: OfflineRun, *, stack: str) -> str:
     for step in all_steps:
         if step.resource.urn in wanted:
             children.setdefault(parents.get(step.resource.urn, ""), []).append(step)
-    root = next(iter(children), "")
+    # the stack: the one parent that is not itself a registered resource
+    root = next((p for p in children if p not in parents), "")
     lines = [
         f"     {'Type':<60} {'Name':<26} Plan",
         f"     {'pulumi:pulumi:Stack':<60} ssmd-{stack}",
