@@ -300,10 +300,12 @@ class PulumiStack:
         hint = ""
         if "protect" in text:  # "protected", "marked for protection"
             hint = (
-                "\nthe update deletes protected data (a stream, an archive volume or the "
-                "namespace): remove shards with `ssmd shard apply|rollback --allow-data-loss` "
-                "(it lifts the protection of exactly their stream and archive volume), or set "
-                f"`ssmd:protect` to false on stack {stack} if that is really meant"
+                "\nthe update deletes or replaces protected data (a stream, an archive volume "
+                "or the namespace). Removed shards: `ssmd shard apply|rollback "
+                "--allow-data-loss` lifts the protection of exactly their stream and archive "
+                "volume. A stream replacement (storage, retention) or a new archive storage "
+                "class cannot keep the data: revert that edit, or archive the data and set "
+                f"`ssmd:protect` to false on stack {stack} for that roll"
             )
         return SsmdError(f"{doing} on stack {stack} failed:\n" + "\n".join(tail) + hint)
 

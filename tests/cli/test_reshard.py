@@ -469,7 +469,7 @@ def test_an_update_blocked_by_protection_points_at_allow_data_loss(
     result = ssmd("day", "roll", "kalshi-dev", "--no-verify")
     assert result.code == 1
     assert "marked for protection" in result.err
-    assert "remove shards with `ssmd shard apply|rollback --allow-data-loss`" in result.err
+    assert "Removed shards: `ssmd shard apply|rollback --allow-data-loss`" in result.err
     assert "the environment file is unchanged" in result.err
 
 
