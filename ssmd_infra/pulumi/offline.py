@@ -6,7 +6,12 @@ resolved at the end. The tests use it to check the declared objects and to rende
 Kubernetes manifests for schema validation; the benchmark uses it to time the program.
 
 The mocks answer like the real providers where the program reads an output: the runtime
-image gets a `sha256:` digest derived from its inputs and a digest-pinned `ref`.
+image gets a `sha256:` digest derived from its inputs and a digest-pinned `ref`, and a
+Kubernetes object without `metadata.name` gets `{resource name}-<suffix>` as pulumi-kubernetes
+auto-names it (a digest of its inputs stands in for the random suffix, so new content is a new
+name, as a replacement would give). The resource options the engine receives (protect,
+retainOnDelete, ignoreChanges, deleteBeforeReplace, provider, parent), which the mocks API
+does not show, are recorded too (`Declared.options`).
 """
 
 from __future__ import annotations
