@@ -7,6 +7,10 @@ For comparison in the same run:
 - the pure part alone (load + validate + resolve + build every manifest, no Pulumi), so the
   share of the engine's registration work is visible.
 
+Each run is reported as wall time and as this process's CPU time: on a machine shared with
+other work the wall time grows with the load (the baseline shows by how much), the CPU time
+much less. The goal is judged on the wall time.
+
 Usage: .venv/bin/python bench/program.py [--symbols 30000] [--shards 20] [--repeat 3]
 """
 
@@ -57,13 +61,15 @@ def environment_yaml(symbols: int, shards: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def timed(fn: Callable[[], object], repeat: int) -> list[float]:
-    times = []
+def timed(fn: Callable[[], object], repeat: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of each of `repeat` calls."""
+    wall, cpu = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def main() -> None:
@@ -106,7 +112,9 @@ def main() -> None:
             )
             return [
                 manifests.shard_objects(
-                    manifests.ShardContext(env, layout, env.shards[s], stack, "image@sha256:0")
+                    manifests.ShardContext(
+                        env, layout, env.shards[s], stack, manifests.Refs.pending(False)
+                    )
                 )
                 for s in env.shards
             ]
@@ -124,12 +132,12 @@ def main() -> None:
             ),
         ]
     print(f"resources declared: {resources}; symbols resolved: {counted}")
-    for label, times in rows:
+    for label, (wall, cpu) in rows:
         print(
-            f"{label:<58} median {statistics.median(times):6.2f} s  (min {min(times):.2f}, "
-            f"max {max(times):.2f}, n={len(times)})"
+            f"{label:<58} median {statistics.median(wall):6.2f} s  (min {min(wall):.2f}, "
+            f"max {max(wall):.2f}, n={len(wall)}); CPU median {statistics.median(cpu):.2f} s"
         )
-    verdict = "met" if statistics.median(rows[0][1]) < 10 else "MISSED"
+    verdict = "met" if statistics.median(rows[0][1][0]) < 10 else "MISSED"
     print(f"goal < 10 s: {verdict}")
 
 

@@ -902,7 +902,9 @@ def archiver_command(
     redis_url: str | None = typer.Option(
         None, "--redis-url", envvar="REDIS_URL", help="Reports; optional."
     ),
-    metrics_port: int = typer.Option(9101, "--metrics-port", help="/metrics and /healthz."),
+    metrics_port: int = typer.Option(
+        9101, "--metrics-port", envvar="SSMD_METRICS_PORT", help="/metrics and /healthz."
+    ),
     batch_size: int | None = typer.Option(
         None,
         "--batch-size",

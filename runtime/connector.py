@@ -31,6 +31,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -54,7 +55,9 @@ from ssmd_infra.core.environment import Environment
 from ssmd_infra.core.errors import ConfigError, SsmdError
 from ssmd_infra.core.resolution import resolve, resolve_with_problems
 from ssmd_infra.core.secmaster import SymbolSource, merge_symbols
+from ssmd_infra.core.shard_catalog import with_catalog
 from ssmd_infra.core.subjects import internal_subject
+from ssmd_infra.core.workload import SHARDS_FILE_VARIABLE
 
 log = logging.getLogger("ssmd.connector")
 
@@ -120,9 +123,12 @@ class Connector:
         ack_timeout: float = 2.0,
         client_options: dict[str, Any] | None = None,
         read_interval: float = READ_INTERVAL,
+        shards_file: Path | None = None,
     ) -> None:
         self.env = env
         self.shard = shard
+        # the other shards and pins (`ssmd_infra.core.shard_catalog`), re-read at every refresh
+        self._shards_file = shards_file
         shard_cfg = env.shard(shard)  # ConfigError naming the known shards
         self._kalshi_ws_url = kalshi_ws_url
         self._kalshi_rest_url = kalshi_rest_url
@@ -294,12 +300,13 @@ class Connector:
         captured by any shard, which is logged and exported as
         `ssmd_connector_unresolved_symbols`, but it must not stop this shard's capture."""
         source = self._source()
-        universe = merge_symbols(self.env, source)
+        env = self._with_other_shards()
+        universe = merge_symbols(env, source)
         if source is None:
-            layout = resolve(self.env, universe, complete_universe=False)
+            layout = resolve(env, universe, complete_universe=False)
             self.unresolved = 0
             return frozenset(layout.symbols_of(self.shard))
-        layout, problems = resolve_with_problems(self.env, universe, complete_universe=True)
+        layout, problems = resolve_with_problems(env, universe, complete_universe=True)
         if problems and len(problems) != self.unresolved:
             log.warning(
                 "%d symbol problem(s) in the live universe, not captured by any shard: %s",
@@ -308,6 +315,18 @@ class Connector:
             )
         self.unresolved = len(problems)
         return frozenset(layout.symbols_of(self.shard))
+
+    def _with_other_shards(self) -> Environment:
+        """The environment to resolve with: in Kubernetes the pod's file holds its own shard
+        only, and the mounted shard catalog (updated in place, read afresh each time) adds the
+        others, so carve-outs and pins elsewhere take their markets away from this shard."""
+        if self._shards_file is None:
+            return self.env
+        try:
+            text = self._shards_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the shard catalog {self._shards_file}: {exc}") from None
+        return with_catalog(self.env, self.shard, text, str(self._shards_file))
 
     async def refresh_symbols(self) -> bool:
         """Re-resolve the shard's symbols; on failure keep the last good set. True if fresh."""
@@ -760,7 +779,9 @@ def connector_command(
         "--kalshi-rest-url",
         envvar="KALSHI_REST_URL",
     ),
-    metrics_port: int = typer.Option(9100, "--metrics-port", help="/metrics and /healthz."),
+    metrics_port: int = typer.Option(
+        9100, "--metrics-port", envvar="SSMD_METRICS_PORT", help="/metrics and /healthz."
+    ),
     member: str | None = typer.Option(
         None,
         "--member",
@@ -768,6 +789,12 @@ def connector_command(
         help="This replica's name among the shard's members (default: hostname-pid).",
     ),
     log_level: str = typer.Option("INFO", "--log-level"),
+    shards_file: Path | None = typer.Option(
+        None,
+        "--shards-file",
+        envvar=SHARDS_FILE_VARIABLE,
+        help="The shard catalog (every shard and pin) when ENV holds this shard only.",
+    ),
     read_interval: float = typer.Option(
         READ_INTERVAL,
         "--read-interval",
@@ -800,6 +827,7 @@ def connector_command(
             metrics_port=metrics_port,
             member=member or None,
             read_interval=read_interval,
+            shards_file=shards_file,
         )
         await run_connector(connector)
 

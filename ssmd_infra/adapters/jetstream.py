@@ -200,7 +200,10 @@ async def apply_stream(
     if not update:
         raise SsmdError(
             f"stream {spec.name} already exists with a different configuration "
-            f"({describe_differences(diffs)}); import it into the stack or delete it first"
+            f"({describe_differences(diffs)}). A stream cannot be imported into the stack "
+            f"(Pulumi does not import dynamic resources): make the environment's stream "
+            f"settings match it (`nats stream info {spec.name}`), or delete it first "
+            f"(`nats stream rm {spec.name}`, which loses its stored messages)"
         )
     reasons = replacement_reasons(current, spec, current_raw["config"])
     if reasons:

@@ -68,6 +68,11 @@ TargetOpt = typer.Option("kubernetes", "--target", help="kubernetes (pulumi up) 
 AllowDirtyOpt = typer.Option(
     False, "--allow-dirty", help="deploy an environment file with uncommitted changes"
 )
+AllowDataLossOpt = typer.Option(
+    False,
+    "--allow-data-loss",
+    help="roll even though shards disappear: their streams (and stored messages) are deleted",
+)
 StackOpt = typer.Option(None, "--stack", help="Pulumi stack (default: the one naming ENV)")
 ProjectOpt = typer.Option(None, "--project-dir", help="Pulumi project directory")
 NatsOpt = typer.Option(
@@ -483,13 +488,29 @@ def _roll(
     verify_timeout: float,
     no_verify: bool,
     after: Environment,
+    before: Environment | None = None,
+    allow_data_loss: bool = False,
 ) -> None:
-    """Preflight, write + commit the file (when `write`), roll the target, verify."""
+    """Preflight, write + commit the file (when `write`), roll the target, verify.
+
+    With `before` (the file as it is), shards that `after` drops are data loss: listed, and
+    refused unless `allow_data_loss` (then their streams and archive claims are unprotected
+    on the stack just before `pulumi up`).
+    """
+    from ssmd_infra.core.data_loss import removed_shards
     from ssmd_infra.deploy import rollout
     from ssmd_infra.planning.envedit import write_atomically
 
     info = rollout.git_file(path)
     rollout.require_clean(info, allow_dirty, action)
+    removals = removed_shards(before, after) if before is not None else []
+    for removal in removals:
+        _out(f"data loss: {removal.describe()}")
+    if removals and not allow_data_loss:
+        raise SsmdError(
+            f"`{action}` removes {len(removals)} shard(s) and deletes their data (listed "
+            f"above); nothing was changed. Archive what you need, then pass --allow-data-loss"
+        )
     # everything that can refuse does so before the file is touched
     pulumi: rollout.PulumiStack | None = None
     directory: Path | None = None
@@ -524,8 +545,16 @@ def _roll(
         f"to go back: `ssmd shard rollback {env_name} --target {target}` (restores the "
         f"previous commit of {info.rel} and rolls again)"
     )
+    committed = (
+        f"already done: {info.describe()} holds the new environment"
+        if write is not None
+        else f"the environment file is unchanged ({info.describe()})"
+    )
     try:
         if pulumi is not None:
+            if removals:
+                lifted = pulumi.unprotect_removed([r.shard for r in removals])
+                _out(f"protection lifted from {len(lifted)} resource(s) of the removed shards")
             message = rollout.update_message(action, env_name, info, plan.id if plan else None)
             _out(f"pulumi up on stack {pulumi.stack}: {message}")
             result = pulumi.up(message)
@@ -538,7 +567,7 @@ def _roll(
             for line in state.get("roll_actions") or []:
                 _out(f"  {line}")
     except SsmdError as exc:
-        raise SsmdError(f"the day roll failed: {exc}\n{rollback_hint}") from None
+        raise SsmdError(f"the day roll failed: {exc}\n{committed}\n{rollback_hint}") from None
     if no_verify:
         _out("data flow not verified (--no-verify)")
         return
@@ -559,6 +588,7 @@ def apply_command(
     plan_id: str = typer.Option(..., "--plan", help="plan id from `ssmd shard plan`"),
     target: str = TargetOpt,
     allow_dirty: bool = AllowDirtyOpt,
+    allow_data_loss: bool = AllowDataLossOpt,
     stack: str | None = StackOpt,
     project: Path | None = ProjectOpt,
     nats_url: str | None = NatsOpt,
@@ -597,6 +627,8 @@ def apply_command(
         verify_timeout=verify_timeout,
         no_verify=no_verify,
         after=after,
+        before=load_environment(path),
+        allow_data_loss=allow_data_loss,
     )
     _out(f"plan {plan.id} applied")
 
@@ -608,6 +640,7 @@ def rollback_command(
     ),
     target: str = TargetOpt,
     allow_dirty: bool = AllowDirtyOpt,
+    allow_data_loss: bool = AllowDataLossOpt,
     stack: str | None = StackOpt,
     project: Path | None = ProjectOpt,
     nats_url: str | None = NatsOpt,
@@ -676,6 +709,8 @@ def rollback_command(
         verify_timeout=verify_timeout,
         no_verify=no_verify,
         after=restored,
+        before=current,
+        allow_data_loss=allow_data_loss,
     )
     _out(f"rolled back to {commit[:12]}")
 

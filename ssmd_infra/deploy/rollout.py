@@ -269,7 +269,68 @@ class PulumiStack:
                 "scripts/setup.sh does); nothing was changed"
             ) from None
         opts = auto.LocalWorkspaceOptions(env_vars=env_vars) if env_vars else None
-        return auto.select_stack(stack_name=self.stack, work_dir=str(self.project), opts=opts)
+        try:
+            return auto.select_stack(stack_name=self.stack, work_dir=str(self.project), opts=opts)
+        except auto.errors.CommandError as exc:
+            raise self._failure("selecting the stack", exc) from None
+
+    # --- Automation API failures (issue 11): every error is a user error saying what failed
+    def _failure(self, doing: str, exc: Exception) -> SsmdError:
+        """`exc` (any `pulumi.automation.errors.CommandError`) as a user error about `doing`.
+
+        The caller adds what was already committed and how to roll back; this says what
+        failed, in the CLI's own words (the last lines of its error output), and for the
+        failures that have a known cure, the cure.
+        """
+        from pulumi.automation import errors
+
+        stack = self.stack
+        if isinstance(exc, errors.ConcurrentUpdateError):
+            return SsmdError(
+                f"{doing} on stack {stack} did not start: another update of the stack is "
+                f"running. Wait for it, or if it died, `pulumi cancel -s {stack}`"
+            )
+        if isinstance(exc, errors.StackNotFoundError):
+            return SsmdError(
+                f"{doing}: stack {stack} does not exist in the current Pulumi backend "
+                f"(`pulumi whoami -v`; `pulumi stack init {stack}` to create it)"
+            )
+        text = str(exc)
+        tail = [line for line in text.splitlines() if line.strip()][-12:]
+        hint = ""
+        if "protect" in text:  # "protected", "marked for protection"
+            hint = (
+                "\nthe update deletes or replaces protected data (a stream, an archive volume "
+                "or the namespace). Removed shards: `ssmd shard apply|rollback "
+                "--allow-data-loss` lifts the protection of exactly their stream and archive "
+                "volume. A stream replacement (storage, retention) or a new archive storage "
+                "class cannot keep the data: revert that edit, or archive the data and set "
+                f"`ssmd:protect` to false on stack {stack} for that roll"
+            )
+        return SsmdError(f"{doing} on stack {stack} failed:\n" + "\n".join(tail) + hint)
+
+    def unprotect_removed(self, shards: Sequence[str]) -> list[str]:
+        """Lift `protect` from the stream and archive claim of each shard in `shards` (they are
+        about to be deleted on purpose); the URNs unprotected. Through the stack's exported
+        state: the Automation API's equivalent of `pulumi state unprotect`."""
+        from pulumi.automation import errors
+
+        suffixes = tuple(f"::{s}-stream" for s in shards) + tuple(f"::{s}-archive" for s in shards)
+        stack = self._select()
+        try:
+            state = stack.export_stack()
+            resources = state.deployment.get("resources") or []
+            lifted = [
+                r["urn"] for r in resources if r.get("protect") and r["urn"].endswith(suffixes)
+            ]
+            if lifted:
+                for resource in resources:
+                    if resource["urn"] in lifted:
+                        resource["protect"] = False
+                stack.import_stack(state)
+        except errors.CommandError as exc:
+            raise self._failure("lifting the protection of the removed shards' data", exc) from None
+        return lifted
 
     def preview(self, env_dir: Path | None = None) -> dict[str, int]:
         """`pulumi preview --diff`: the counts of creates, updates, replaces, deletes.
@@ -277,13 +338,23 @@ class PulumiStack:
         With `env_dir`, the program reads the environment from there (`SSMD_ENV_DIR`): that
         is how a plan is previewed before its file is written.
         """
+        from pulumi.automation import errors
+
         env_vars = {"SSMD_ENV_DIR": str(env_dir)} if env_dir is not None else None
-        result = self._select(env_vars).preview(diff=True, on_output=self.out)
+        try:
+            result = self._select(env_vars).preview(diff=True, on_output=self.out)
+        except errors.CommandError as exc:
+            raise self._failure("pulumi preview", exc) from None
         return op_counts(result.change_summary)
 
     def up(self, message: str) -> dict[str, Any]:
         """`pulumi up --refresh --message ...`: read live streams first, then converge."""
-        result = self._select().up(message=message, refresh=True, on_output=self.out)
+        from pulumi.automation import errors
+
+        try:
+            result = self._select().up(message=message, refresh=True, on_output=self.out)
+        except errors.CommandError as exc:
+            raise self._failure("pulumi up", exc) from None
         summary = result.summary
         return {
             "result": getattr(summary, "result", None),
@@ -294,8 +365,14 @@ class PulumiStack:
 
     def history(self, limit: int = 10) -> list[dict[str, Any]]:
         """The last updates, each with the environment commit its message recorded."""
+        from pulumi.automation import errors
+
+        try:
+            updates = self._select().history(page_size=limit, page=1)
+        except errors.CommandError as exc:
+            raise self._failure("pulumi stack history", exc) from None
         rows = []
-        for update in self._select().history(page_size=limit, page=1):
+        for update in updates:
             rows.append(
                 {
                     "version": update.version,

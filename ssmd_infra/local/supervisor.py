@@ -45,7 +45,12 @@ from ssmd_infra.core.errors import SsmdError
 from ssmd_infra.core.resolution import Layout, layout_of
 from ssmd_infra.core.streams import stream_specs
 from ssmd_infra.core.subjects import CLIENT_STREAM, internal_stream
-from ssmd_infra.core.workload import Endpoints, archiver_workload, connector_workload
+from ssmd_infra.core.workload import (
+    RUNTIME_MODULE,
+    Endpoints,
+    archiver_workload,
+    connector_workload,
+)
 from ssmd_infra.local.servers import ServerProcess, free_port, start_nats, start_redis
 
 STATE_DIR = Path(".ssmd") / "local"
@@ -166,7 +171,9 @@ class LocalPipeline:
             "simulator",
             "-",
             [
-                "run",
+                sys.executable,
+                "-m",
+                RUNTIME_MODULE,
                 "simulator",
                 str(self.env_file),
                 "--port",
@@ -190,7 +197,7 @@ class LocalPipeline:
         self,
         kind: str,
         shard: str,
-        args: list[str],
+        command: list[str],
         metrics_port: int,
         extra_env: dict[str, str] | None = None,
     ) -> Child:
@@ -202,7 +209,7 @@ class LocalPipeline:
         env = {**os.environ, **(extra_env or {})}
         with open(log, "ab") as handle:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "ssmd_infra", *args],
+                command,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -228,13 +235,19 @@ class LocalPipeline:
                     kalshi_ws_url=self.kalshi_ws_url,
                     kalshi_rest_url=self.kalshi_rest_url,
                 )
-                self._spawn("connector", name, spec.args, port, self.credentials)
+                self._spawn(
+                    "connector",
+                    name,
+                    spec.command(sys.executable),
+                    port,
+                    {**spec.env, **self.credentials},
+                )
             if not any(c.kind == "archiver" and c.shard == name and c.alive for c in self.children):
                 port = free_port()
                 spec = archiver_workload(
                     env_file, name, endpoints, metrics_port=port, data_dir=str(self.data_dir)
                 )
-                self._spawn("archiver", name, spec.args, port)
+                self._spawn("archiver", name, spec.command(sys.executable), port, spec.env)
 
     def _write_state(self) -> None:
         path = state_file(self.env.name)

@@ -29,12 +29,18 @@ from ssmd_infra.core.stream_rules import spec_problems
 from ssmd_infra.core.streams import StreamSpec, client_stream_spec, internal_stream_spec
 from ssmd_infra.core.subjects import CLIENT_STREAM, client_feed_wildcard, internal_wildcard
 from ssmd_infra.pulumi import manifests
-from ssmd_infra.pulumi.stack_config import PREFIX, PRIVATE_KEY, StackConfig, parse_stack_config
+from ssmd_infra.pulumi.stack_config import (
+    NATS_URL,
+    PREFIX,
+    PRIVATE_KEY,
+    StackConfig,
+    parse_stack_config,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILE = REPO_ROOT / "runtime" / "Dockerfile"
-# Placeholder while the objects are built for validation; `with_image` puts in the build's ref.
-IMAGE_PENDING = "image-pending"
+# Relative to the project directory, where Pulumi runs the program: the same stack run from
+# another checkout (CI, a colleague) hashes the same context and does not rebuild.
+BUILD_CONTEXT = "."
+DOCKERFILE = "runtime/Dockerfile"
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class DeploymentInputs:
     client_stream: StreamSpec
     # every shard's objects, built (and so checked) before any resource is declared
     shard_objects: dict[str, manifests.ShardObjects]
+    catalog: dict[str, Any]  # the shard catalog ConfigMap
     private_key: pulumi.Output[str] | None = None
 
 
@@ -84,7 +91,11 @@ def load_inputs(stack: str) -> DeploymentInputs:
             env_error = exc
     try:
         config = parse_stack_config(
-            stack, values, secret_keys=secret, feed=env.feed if env is not None else None
+            stack,
+            values,
+            secret_keys=secret,
+            feed=env.feed if env is not None else None,
+            directory=Path.cwd(),
         )
     except ConfigError as exc:  # report the stack's and the environment's problems together
         raise ConfigError(exc.problems + (env_error.problems if env_error else [])) from None
@@ -100,13 +111,17 @@ def load_inputs(stack: str) -> DeploymentInputs:
         for p in spec_problems(spec)
     ]
     ConfigError.collect(problems)
-    private_key = pulumi.Config(PREFIX).get_secret(PRIVATE_KEY) if config.has_private_key else None
+    private_key = (
+        pulumi.Config(PREFIX).require_secret(PRIVATE_KEY) if config.has_private_key else None
+    )
+    pending = manifests.Refs.pending(with_kalshi=config.has_private_key)
     objects = {
         name: manifests.shard_objects(
-            manifests.ShardContext(env, layout, env.shards[name], config, image=IMAGE_PENDING)
+            manifests.ShardContext(env, layout, env.shards[name], config, refs=pending)
         )
         for name in env.shards
     }
+    catalog = manifests.shard_catalog(env, config)
     return DeploymentInputs(
         config=config,
         env=env,
@@ -114,6 +129,7 @@ def load_inputs(stack: str) -> DeploymentInputs:
         internal_streams=internal,
         client_stream=client,
         shard_objects=objects,
+        catalog=catalog,
         private_key=private_key,
     )
 
@@ -154,9 +170,34 @@ def _k8s(
         "StatefulSet": k8s.apps.v1.StatefulSet,
         "HorizontalPodAutoscaler": k8s.autoscaling.v2.HorizontalPodAutoscaler,
         "PodDisruptionBudget": k8s.policy.v1.PodDisruptionBudget,
+        "PersistentVolumeClaim": k8s.core.v1.PersistentVolumeClaim,
     }
     resource: pulumi.CustomResource = classes[kind](name, opts=opts, **body)
     return resource
+
+
+def _secret_name(secret: pulumi.CustomResource) -> pulumi.Output[str]:
+    """The name pulumi-kubernetes gave an unnamed Secret (`{resource name}-<random>`)."""
+    metadata: pulumi.Output[Any] = secret.metadata  # type: ignore[attr-defined]
+    return metadata.apply(lambda m: str(m["name"] if isinstance(m, dict) else m.name))
+
+
+def archive_claim(archiver: dict[str, Any], shard: str) -> dict[str, Any]:
+    """The archiver's claim, declared by the program (not left to the claim template), so a
+    storage change resizes it in place instead of replacing the StatefulSet; Kubernetes
+    refuses a shrink, and a class that does not allow expansion, with its own reason."""
+    template = archiver["spec"]["volumeClaimTemplates"][0]
+    metadata = archiver["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": workload.archive_claim_name(shard),
+            "namespace": metadata["namespace"],
+            "labels": template["metadata"]["labels"],
+        },
+        "spec": template["spec"],
+    }
 
 
 @dataclass(frozen=True)
@@ -167,12 +208,15 @@ class ShardArgs:
     objects: manifests.ShardObjects
     summary: dict[str, Any]
     stream: StreamSpec
-    nats_admin_url: str
+    protect: bool
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
 class ShardComponent(pulumi.ComponentResource):
-    """One shard: ConfigMap, connector Deployment + HPA + PDB, archiver StatefulSet, stream."""
+    """One shard: ConfigMap, connector Deployment + HPA (+ PDB), archiver StatefulSet with its
+    volume claim and Service, and the shard's stream. Everything here is built from this
+    shard's inputs and the shared settings only, so an edit of another shard changes none of it.
+    """
 
     def __init__(
         self, name: str, args: ShardArgs, opts: pulumi.ResourceOptions | None = None
@@ -185,21 +229,35 @@ class ShardComponent(pulumi.ComponentResource):
         shard = args.name
         self.config_map = _k8s("ConfigMap", f"{shard}-config", objects.config_map, child)
         self.stream = NatsStream(
-            f"{shard}-stream", args.stream, args.nats_admin_url, pulumi.ResourceOptions(parent=self)
+            f"{shard}-stream",
+            args.stream,
+            pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
-        workload = pulumi.ResourceOptions(
+        workload_opts = pulumi.ResourceOptions(
             parent=self, depends_on=[*args.depends_on, self.config_map, self.stream]
         )
-        self.connector = _k8s("Deployment", f"{shard}-connector", objects.connector, workload)
+        self.connector = _k8s("Deployment", f"{shard}-connector", objects.connector, workload_opts)
         self.hpa = _k8s(
             "HorizontalPodAutoscaler",
             f"{shard}-connector-hpa",
             objects.hpa,
             pulumi.ResourceOptions(parent=self, depends_on=[self.connector]),
         )
-        self.pdb = _k8s("PodDisruptionBudget", f"{shard}-connector-pdb", objects.pdb, child)
+        self.pdb = (
+            _k8s("PodDisruptionBudget", f"{shard}-connector-pdb", objects.pdb, child)
+            if objects.pdb is not None
+            else None
+        )
         self.archiver_service = _k8s(
             "Service", f"{shard}-archiver-svc", objects.archiver_service, child
+        )
+        self.archive_claim = _k8s(
+            "PersistentVolumeClaim",
+            f"{shard}-archive",
+            archive_claim(objects.archiver, shard),
+            pulumi.ResourceOptions(
+                parent=self, depends_on=args.depends_on, protect=args.protect, retain_on_delete=True
+            ),
         )
         self.archiver = _k8s(
             "StatefulSet",
@@ -207,7 +265,16 @@ class ShardComponent(pulumi.ComponentResource):
             objects.archiver,
             pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[*args.depends_on, self.config_map, self.stream, self.archiver_service],
+                depends_on=[
+                    *args.depends_on,
+                    self.config_map,
+                    self.stream,
+                    self.archiver_service,
+                    self.archive_claim,
+                ],
+                # the claim above holds the size; the template only serves a new StatefulSet
+                # (its claim templates are immutable: a change would replace the StatefulSet)
+                ignore_changes=["spec.volumeClaimTemplates"],
             ),
         )
         self.summary = args.summary
@@ -220,8 +287,9 @@ class EnvironmentArgs:
 
 
 class EnvironmentComponent(pulumi.ComponentResource):
-    """The environment: namespace (if asked), ServiceAccount, credentials Secret, runtime image,
-    one `ShardComponent` per shard and the client stream that merges them."""
+    """The environment: namespace (if asked), ServiceAccount, the endpoints and credentials
+    Secrets, the shard catalog, the runtime image, one `ShardComponent` per shard and the
+    client stream that merges them."""
 
     def __init__(
         self, name: str, args: EnvironmentArgs, opts: pulumi.ResourceOptions | None = None
@@ -231,35 +299,69 @@ class EnvironmentComponent(pulumi.ComponentResource):
 
         inputs = args.inputs
         env, config = inputs.env, inputs.config
-        child = pulumi.ResourceOptions(parent=self)
+        # ConfigMaps mutable: the shard catalog is edited in place (it rolls no pod); the
+        # shard ConfigMaps are content-addressed and immutable, so they are still replaced.
+        self.kubernetes = k8s.Provider(
+            "kubernetes",
+            enable_config_map_mutable=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        child = pulumi.ResourceOptions(parent=self, providers={"kubernetes": self.kubernetes})
         base: list[pulumi.Resource] = []
         if config.create_namespace:
             self.namespace: pulumi.CustomResource | None = _k8s(
-                "Namespace", "namespace", manifests.namespace(env, config), child
+                "Namespace",
+                "namespace",
+                manifests.namespace(env, config),
+                pulumi.ResourceOptions.merge(
+                    child,
+                    pulumi.ResourceOptions(protect=config.protect, retain_on_delete=True),
+                ),
             )
             base.append(self.namespace)
         else:
             self.namespace = None
-        after_ns = pulumi.ResourceOptions(parent=self, depends_on=list(base))
+        after_ns = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=base))
         self.service_account = _k8s(
             "ServiceAccount", "service-account", manifests.service_account(env, config), after_ns
         )
-        base.append(self.service_account)
+        self.catalog = _k8s("ConfigMap", "shard-catalog", inputs.catalog, after_ns)
+        secret_opts = pulumi.ResourceOptions.merge(
+            after_ns, pulumi.ResourceOptions(additional_secret_outputs=["stringData", "data"])
+        )
+        stack_config = pulumi.Config(PREFIX)
+        self.endpoints = _k8s(
+            "Secret",
+            manifests.ENDPOINTS_SECRET_PREFIX,
+            manifests.endpoints_secret(
+                env,
+                config,
+                stack_config.require_secret(NATS_URL),
+                stack_config.require_secret("redisUrl"),
+            ),
+            secret_opts,
+        )
+        base += [self.service_account, self.catalog, self.endpoints]
         self.secret: pulumi.CustomResource | None = None
         if inputs.private_key is not None:
-            secret_obj = manifests.kalshi_secret(env, config, inputs.private_key)
             self.secret = _k8s(
                 "Secret",
-                "kalshi-credentials",
-                secret_obj,
-                pulumi.ResourceOptions(
-                    parent=self,
-                    depends_on=list(base),
-                    additional_secret_outputs=["stringData", "data"],
+                manifests.KALSHI_SECRET_PREFIX,
+                manifests.kalshi_secret(env, config, inputs.private_key),
+                pulumi.ResourceOptions.merge(
+                    secret_opts,
+                    # its name in stacks deployed before the Secret was auto-named: the same
+                    # resource, replaced (new object first) rather than deleted and created
+                    pulumi.ResourceOptions(aliases=[pulumi.Alias(name="kalshi-credentials")]),
                 ),
             )
             base.append(self.secret)
         self.image_ref = self._image(config)
+        refs = manifests.Refs(
+            image=self.image_ref,
+            endpoints_secret=_secret_name(self.endpoints),
+            kalshi_secret=_secret_name(self.secret) if self.secret is not None else None,
+        )
 
         self.shards: dict[str, ShardComponent] = {}
         for shard in env.shards:
@@ -267,10 +369,10 @@ class EnvironmentComponent(pulumi.ComponentResource):
                 shard,
                 ShardArgs(
                     name=shard,
-                    objects=inputs.shard_objects[shard].with_image(self.image_ref),
+                    objects=inputs.shard_objects[shard].with_refs(refs),
                     summary=_summary(inputs, shard),
                     stream=inputs.internal_streams[shard],
-                    nats_admin_url=config.nats_admin_url,
+                    protect=config.protect,
                     depends_on=list(base),
                 ),
                 child,
@@ -278,9 +380,10 @@ class EnvironmentComponent(pulumi.ComponentResource):
         self.client_stream = NatsStream(
             "client-stream",
             inputs.client_stream,
-            config.nats_admin_url,
             pulumi.ResourceOptions(
-                parent=self, depends_on=[s.stream for s in self.shards.values()]
+                parent=self,
+                protect=config.protect,
+                depends_on=[s.stream for s in self.shards.values()],
             ),
         )
         self.outputs: dict[str, Any] = {
@@ -294,16 +397,19 @@ class EnvironmentComponent(pulumi.ComponentResource):
         self.register_outputs(self.outputs)
 
     def _image(self, config: StackConfig) -> pulumi.Output[str]:
-        """The digest-pinned runtime image: built and pushed here unless `ssmd:image` is given."""
+        """The digest-pinned runtime image: built and pushed here unless `ssmd:image` is given
+        (then no build resource exists at all: preview needs no Docker)."""
         if config.image is not None:
             return pulumi.Output.from_input(config.image)
         assert config.image_repository is not None
         self.image = docker_build.Image(
             "runtime-image",
-            context=docker_build.BuildContextArgs(location=str(REPO_ROOT)),
-            dockerfile=docker_build.DockerfileArgs(location=str(DOCKERFILE)),
+            context=docker_build.BuildContextArgs(location=BUILD_CONTEXT),
+            dockerfile=docker_build.DockerfileArgs(location=DOCKERFILE),
             platforms=[docker_build.Platform.LINUX_AMD64],
             push=True,
+            # a preview must not need Docker nor run a build; `up` builds
+            build_on_preview=False,
             tags=[f"{config.image_repository}:{config.image_tag}"],
             opts=pulumi.ResourceOptions(parent=self),
         )

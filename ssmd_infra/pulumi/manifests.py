@@ -3,18 +3,25 @@
 Pure builders so the exact objects the Pulumi components declare can be rendered and
 validated offline against the Kubernetes OpenAPI schema, and read in a review. The
 components (`ssmd_infra.pulumi.components`) pass these dicts to `pulumi_kubernetes` unchanged;
-only the image reference and the Kalshi credentials arrive as Pulumi outputs, which is why
-those two parameters are typed `object`.
+only the image reference, the Secrets' names and the credentials arrive as Pulumi outputs:
+the builders put placeholders (`Refs.pending()`) that `ShardObjects.with_refs` swaps.
 
-Per shard: a ConfigMap (environment.yaml + assignment.json; its checksum annotates the pod
-templates so a change rolls the pods at `pulumi up`), the connector Deployment, its
-HorizontalPodAutoscaler and PodDisruptionBudget, the archiver StatefulSet (one replica, a
+Per shard: a ConfigMap `ssmd-shard-{shard}-config-{hash}` (environment.yaml + assignment.json,
+this shard's definition and symbols only; content-addressed, so an edit creates a new one,
+the pod templates switch to it and roll, and the old one is deleted after — never a
+delete-before-replace), the connector Deployment, its HorizontalPodAutoscaler and (when the
+shard can run 2 replicas) a PodDisruptionBudget, the archiver StatefulSet (one replica, a
 persistent volume per shard) and its headless Service.
+
+Shared: the shard catalog ConfigMap `ssmd-shards` (every shard and pin, read by the
+connectors for resolution, updated in place and referenced by no content: it rolls no pod),
+and two Secrets without a fixed name (the provider names them with a random suffix, so a
+rotation creates a new Secret first and the pods that reference it roll): the endpoints
+(NATS and Redis URLs, which may carry passwords) and the Kalshi credentials.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -27,6 +34,7 @@ import yaml
 from ssmd_infra.core.environment import Environment, Shard
 from ssmd_infra.core.errors import ConfigError
 from ssmd_infra.core.resolution import Layout
+from ssmd_infra.core.shard_catalog import CATALOG_FILE_NAME, render_catalog
 from ssmd_infra.core.subjects import (
     CLIENT_STREAM,
     client_feed_wildcard,
@@ -35,6 +43,11 @@ from ssmd_infra.core.subjects import (
     internal_wildcard,
 )
 from ssmd_infra.core.workload import (
+    ARCHIVE_VOLUME,
+    NATS_URL_VARIABLE,
+    REDIS_URL_VARIABLE,
+    RUNTIME_MODULE,
+    SHARDS_FILE_VARIABLE,
     STATEFULSET_NAME_LIMIT,
     Endpoints,
     archiver_name,
@@ -48,6 +61,8 @@ Obj = dict[str, Any]
 
 APP_NAME = "ssmd"
 CONFIG_DIR = "/etc/ssmd"
+CATALOG_DIR = "/etc/ssmd-shards"
+CATALOG_CONFIG_MAP = "ssmd-shards"
 ENVIRONMENT_FILE = f"{CONFIG_DIR}/environment.yaml"
 ASSIGNMENT_FILE = f"{CONFIG_DIR}/assignment.json"
 SECRET_DIR = "/var/run/secrets/kalshi"
@@ -55,22 +70,41 @@ PRIVATE_KEY_FILE = "private-key.pem"
 API_KEY_ID_KEY = "api-key-id"
 ARCHIVE_DIR = "/var/lib/ssmd/archive"
 SERVICE_ACCOUNT = "ssmd"
-SECRET_NAME = "ssmd-kalshi-credentials"
+KALSHI_SECRET_PREFIX = "ssmd-kalshi-credentials"
+ENDPOINTS_SECRET_PREFIX = "ssmd-endpoints"
+# keys of the endpoints Secret, by the environment variable the runtime reads
+ENDPOINT_KEYS = {NATS_URL_VARIABLE: "nats-url", REDIS_URL_VARIABLE: "redis-url"}
+LABEL_VALUE_LIMIT = 63
 CHECKSUM_ANNOTATION = "ssmd.io/config-checksum"
 RUN_AS = 10001  # the image's non-root user (runtime/Dockerfile)
 # A ConfigMap holds at most 1 MiB; leave room for metadata.
 CONFIGMAP_LIMIT = 1_000_000
 
 
-def config_map_name(shard: str) -> str:
-    return f"ssmd-shard-{shard}"
+def config_map_name(shard: str, data_checksum: str) -> str:
+    """Content-addressed: a new content is a new ConfigMap (created before the old goes)."""
+    return f"ssmd-shard-{shard}-config-{data_checksum[:10]}"
+
+
+def label_value(text: str) -> str:
+    """`text` as a Kubernetes label value (at most 63 characters).
+
+    A longer value keeps a prefix and ends in a hash of the whole text, so two long values
+    that share their first 54 characters still differ (a plain cut would give two shards the
+    same selector).
+    """
+    if len(text) <= LABEL_VALUE_LIMIT:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    prefix = text[: LABEL_VALUE_LIMIT - len(digest) - 1].rstrip("-_.")
+    return f"{prefix}-{digest}"
 
 
 def selector_labels(env: Environment, shard: str, component: str) -> dict[str, str]:
     """The immutable subset used in selectors: never add a label that may change."""
     return {
         "app.kubernetes.io/name": APP_NAME,
-        "app.kubernetes.io/instance": f"{env.name}-{shard}"[:63].rstrip("-"),
+        "app.kubernetes.io/instance": label_value(f"{env.name}-{shard}"),
         "app.kubernetes.io/component": component,
     }
 
@@ -82,14 +116,34 @@ def labels(env: Environment, shard: str | None, component: str) -> dict[str, str
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/part-of": APP_NAME,
         "app.kubernetes.io/managed-by": "pulumi",
-        "ssmd.io/environment": env.name,
+        "ssmd.io/environment": label_value(env.name),
     }
     if shard is not None:
         out.update(selector_labels(env, shard, component))
-        out["ssmd.io/shard"] = shard
+        out["ssmd.io/shard"] = label_value(shard)
     else:
-        out["app.kubernetes.io/instance"] = env.name
+        out["app.kubernetes.io/instance"] = label_value(env.name)
     return out
+
+
+@dataclass(frozen=True)
+class Refs:
+    """What the workloads reference that only Pulumi knows: the image and the Secrets' names.
+
+    Values are `str` (placeholders, or fixed values in tests) or Pulumi outputs.
+    """
+
+    image: object
+    endpoints_secret: object
+    kalshi_secret: object | None
+
+    @staticmethod
+    def pending(with_kalshi: bool) -> Refs:
+        return Refs(
+            image="image-pending",
+            endpoints_secret=f"{ENDPOINTS_SECRET_PREFIX}-pending",
+            kalshi_secret=f"{KALSHI_SECRET_PREFIX}-pending" if with_kalshi else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -100,7 +154,7 @@ class ShardContext:
     layout: Layout
     shard: Shard
     config: StackConfig
-    image: object  # str, or a Pulumi Output[str] (digest-pinned reference)
+    refs: Refs
 
     @property
     def name(self) -> str:
@@ -108,18 +162,23 @@ class ShardContext:
 
 
 def shard_environment(env: Environment, layout: Layout, shard: str) -> str:
-    """The environment as one shard's pods see it: every shard and selector, its symbols only.
+    """The environment as one shard's pods see it: the shared settings, this shard's definition,
+    pins and symbols, nothing of the other shards.
 
-    The runtime resolves its own symbols from this file. Keeping every shard's selector keeps
-    carve-outs resolving the same way; keeping only this shard's symbols (and pins) keeps the
-    ConfigMap small (an environment with tens of thousands of manual symbols would not fit in
-    one) and means an edit elsewhere does not roll this shard's pods.
+    So an edit of another shard leaves this text — and so this shard's ConfigMap name and
+    pods — unchanged, and the ConfigMap stays small (an environment with tens of thousands of
+    manual symbols would not fit in one). With only its own symbols in the file, the shard
+    resolves exactly them; a connector that resolves live markets also reads the shard
+    catalog (`ssmd_infra.core.shard_catalog`) for the other shards' selectors and pins.
     """
-    data = env.model_dump(mode="json", by_alias=True, exclude={"symbols"})
+    data = env.model_dump(mode="json", by_alias=True, exclude={"symbols", "shards"})
+    data["shards"] = {
+        shard: env.shards[shard].model_dump(mode="json", by_alias=True, exclude={"name"})
+    }
     data["assignments"] = {s: t for s, t in env.assignments.items() if t == shard}
     header = (
         f"# Shard {shard!r} of environment {env.name!r}, generated from {Path(env.file or '').name}"
-        f" by the ssmd Pulumi program:\n# every shard's selector, this shard's symbols only.\n"
+        f" by the ssmd Pulumi program:\n# this shard's definition and symbols only.\n"
     )
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's emitter when present
     body = yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True, width=100)
@@ -201,11 +260,13 @@ def checksum(data: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
-def config_map(ctx: ShardContext, data: dict[str, str]) -> Obj:
+def config_map(ctx: ShardContext, data: dict[str, str], data_checksum: str) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(ctx, config_map_name(ctx.name), "config"),
+        "metadata": _meta(ctx, config_map_name(ctx.name, data_checksum), "config"),
+        # never edited in place: a new content is a new name (and the pods roll onto it)
+        "immutable": True,
         "data": data,
     }
 
@@ -274,9 +335,30 @@ def _endpoints(ctx: ShardContext) -> Endpoints:
     return Endpoints(nats_url=ctx.config.nats_url, redis_url=ctx.config.redis_url)
 
 
-def _volumes(ctx: ShardContext, extra: list[Obj]) -> list[Obj]:
+def _secret_env(spec_env: dict[str, str], endpoints_secret: object) -> list[Obj]:
+    """The workload's environment (the endpoints) as references into the endpoints Secret:
+    the URLs themselves never appear in a pod spec."""
+    out: list[Obj] = []
+    for name in spec_env:
+        key = ENDPOINT_KEYS[name]  # a KeyError here is a new variable the Secret lacks
+        out.append(
+            {
+                "name": name,
+                "valueFrom": {"secretKeyRef": {"name": endpoints_secret, "key": key}},
+            }
+        )
+    return out
+
+
+def _volumes(ctx: ShardContext, data_checksum: str, extra: list[Obj]) -> list[Obj]:
     return [
-        {"name": "config", "configMap": {"name": config_map_name(ctx.name), "defaultMode": 0o444}},
+        {
+            "name": "config",
+            "configMap": {
+                "name": config_map_name(ctx.name, data_checksum),
+                "defaultMode": 0o444,
+            },
+        },
         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         *extra,
     ]
@@ -298,9 +380,9 @@ def _container(
 ) -> Obj:
     return {
         "name": role,
-        "image": ctx.image,
+        "image": ctx.refs.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["ssmd"],
+        "command": ["python", "-m", RUNTIME_MODULE],
         "args": args,
         "env": env,
         "ports": [{"name": "metrics", "containerPort": ctx.config.metrics_port, "protocol": "TCP"}],
@@ -315,42 +397,44 @@ def _container(
     }
 
 
-def _uses_kalshi_credentials(ctx: ShardContext) -> bool:
-    return ctx.config.has_private_key
-
-
 def connector_deployment(ctx: ShardContext, data_checksum: str) -> Obj:
-    args = connector_workload(
+    spec = connector_workload(
         ENVIRONMENT_FILE,
         ctx.name,
         _endpoints(ctx),
         metrics_port=ctx.config.metrics_port,
         kalshi_ws_url=ctx.config.kalshi_ws_url,
         kalshi_rest_url=ctx.config.kalshi_rest_url,
-    ).args
-    env: list[Obj] = []
-    mounts: list[Obj] = []
-    extra_volumes: list[Obj] = []
-    if _uses_kalshi_credentials(ctx):
-        env = [
+    )
+    env = [
+        *_secret_env(spec.env, ctx.refs.endpoints_secret),
+        {"name": SHARDS_FILE_VARIABLE, "value": f"{CATALOG_DIR}/{CATALOG_FILE_NAME}"},
+    ]
+    mounts: list[Obj] = [{"name": "shards", "mountPath": CATALOG_DIR, "readOnly": True}]
+    extra_volumes: list[Obj] = [
+        {"name": "shards", "configMap": {"name": CATALOG_CONFIG_MAP, "defaultMode": 0o444}}
+    ]
+    kalshi_secret = ctx.refs.kalshi_secret
+    if kalshi_secret is not None:
+        env += [
             {
                 "name": "KALSHI_API_KEY_ID",
-                "valueFrom": {"secretKeyRef": {"name": SECRET_NAME, "key": API_KEY_ID_KEY}},
+                "valueFrom": {"secretKeyRef": {"name": kalshi_secret, "key": API_KEY_ID_KEY}},
             },
             {"name": "KALSHI_PRIVATE_KEY_PATH", "value": f"{SECRET_DIR}/{PRIVATE_KEY_FILE}"},
         ]
-        mounts = [{"name": "kalshi-credentials", "mountPath": SECRET_DIR, "readOnly": True}]
-        extra_volumes = [
+        mounts.append({"name": "kalshi-credentials", "mountPath": SECRET_DIR, "readOnly": True})
+        extra_volumes += [
             {
                 "name": "kalshi-credentials",
                 "secret": {
-                    "secretName": SECRET_NAME,
+                    "secretName": kalshi_secret,
                     "defaultMode": 0o440,
                     "items": [{"key": PRIVATE_KEY_FILE, "path": PRIVATE_KEY_FILE}],
                 },
             }
         ]
-    container = _container(ctx, "connector", args, env, mounts)
+    container = _container(ctx, "connector", spec.args, env, mounts)
     select = selector_labels(ctx.env, ctx.name, "connector")
     return {
         "apiVersion": "apps/v1",
@@ -370,7 +454,7 @@ def connector_deployment(ctx: ShardContext, data_checksum: str) -> Obj:
                     "labels": labels(ctx.env, ctx.name, "connector"),
                     "annotations": _pod_annotations(ctx, data_checksum),
                 },
-                "spec": _pod_spec(ctx, container, _volumes(ctx, extra_volumes)),
+                "spec": _pod_spec(ctx, container, _volumes(ctx, data_checksum, extra_volumes)),
             },
         },
     }
@@ -399,15 +483,16 @@ def archiver_statefulset(ctx: ShardContext, data_checksum: str) -> Obj:
             f"shard {ctx.name!r}: the archiver StatefulSet name {name!r} is longer than "
             f"{STATEFULSET_NAME_LIMIT} characters; use a shorter shard name"
         )
-    args = archiver_workload(
+    spec = archiver_workload(
         ENVIRONMENT_FILE,
         ctx.name,
         _endpoints(ctx),
         metrics_port=ctx.config.metrics_port,
         data_dir=ARCHIVE_DIR,
-    ).args
+    )
     mounts = [{"name": "archive", "mountPath": ARCHIVE_DIR}]
-    container = _container(ctx, "archiver", args, [], mounts)
+    env = _secret_env(spec.env, ctx.refs.endpoints_secret)
+    container = _container(ctx, "archiver", spec.args, env, mounts)
     size = ctx.config.archive_storage_size or ctx.env.archiver.storage
     claim_spec: Obj = {
         "accessModes": ["ReadWriteOnce"],
@@ -433,12 +518,12 @@ def archiver_statefulset(ctx: ShardContext, data_checksum: str) -> Obj:
                     "labels": labels(ctx.env, ctx.name, "archiver"),
                     "annotations": _pod_annotations(ctx, data_checksum),
                 },
-                "spec": _pod_spec(ctx, container, _volumes(ctx, [])),
+                "spec": _pod_spec(ctx, container, _volumes(ctx, data_checksum, [])),
             },
             "volumeClaimTemplates": [
                 {
                     "metadata": {
-                        "name": "archive",
+                        "name": ARCHIVE_VOLUME,
                         "labels": labels(ctx.env, ctx.name, "archiver"),
                     },
                     "spec": claim_spec,
@@ -495,13 +580,20 @@ def connector_hpa(ctx: ShardContext) -> Obj:
     }
 
 
-def connector_pdb(ctx: ShardContext) -> Obj:
+def connector_pdb(ctx: ShardContext) -> Obj | None:
+    """Keep one connector up through voluntary disruptions (drains), when there can be two.
+
+    With `replicas: 1` (the autoscaler's maximum) a budget could only block drains or
+    protect nothing, so there is none.
+    """
+    if ctx.shard.replicas < 2:
+        return None
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _meta(ctx, connector_name(ctx.name), "connector"),
         "spec": {
-            "maxUnavailable": 1,
+            "minAvailable": 1,
             "selector": {"matchLabels": selector_labels(ctx.env, ctx.name, "connector")},
         },
     }
@@ -512,33 +604,48 @@ class ShardObjects:
     config_map: Obj
     connector: Obj
     hpa: Obj
-    pdb: Obj
+    pdb: Obj | None
     archiver: Obj
     archiver_service: Obj
     checksum: str
+    refs: Refs
 
-    def with_image(self, image: object) -> ShardObjects:
-        """The same objects running `image` (the build's output, known only to Pulumi)."""
+    def with_refs(self, refs: Refs) -> ShardObjects:
+        """The same objects referencing `refs` (the image build's output, the Secrets' names:
+        known only to Pulumi) instead of the ones they were built with."""
+        values = {
+            old: new
+            for old, new in [
+                (self.refs.image, refs.image),
+                (self.refs.endpoints_secret, refs.endpoints_secret),
+                (self.refs.kalshi_secret, refs.kalshi_secret),
+            ]
+            if isinstance(old, str)
+        }
 
-        def swap(workload: Obj) -> Obj:
-            copied = copy.deepcopy(workload)
-            for container in copied["spec"]["template"]["spec"]["containers"]:
-                container["image"] = image
-            return copied
+        def swap(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: swap(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [swap(v) for v in value]
+            if isinstance(value, str) and value in values:
+                return values[value]
+            return value
+
+        def with_template(workload: Obj) -> Obj:
+            spec = workload["spec"]
+            return {**workload, "spec": {**spec, "template": swap(spec["template"])}}
 
         return dataclasses.replace(
-            self, connector=swap(self.connector), archiver=swap(self.archiver)
+            self,
+            connector=with_template(self.connector),
+            archiver=with_template(self.archiver),
+            refs=refs,
         )
 
     def all(self) -> list[Obj]:
-        return [
-            self.config_map,
-            self.connector,
-            self.hpa,
-            self.pdb,
-            self.archiver_service,
-            self.archiver,
-        ]
+        objects = [self.config_map, self.connector, self.hpa, self.pdb]
+        return [o for o in [*objects, self.archiver_service, self.archiver] if o is not None]
 
 
 def shard_objects(ctx: ShardContext) -> ShardObjects:
@@ -546,13 +653,14 @@ def shard_objects(ctx: ShardContext) -> ShardObjects:
     data = config_data(ctx)
     digest = checksum(data)
     return ShardObjects(
-        config_map=config_map(ctx, data),
+        config_map=config_map(ctx, data, digest),
         connector=connector_deployment(ctx, digest),
         hpa=connector_hpa(ctx),
         pdb=connector_pdb(ctx),
         archiver=archiver_statefulset(ctx, digest),
         archiver_service=archiver_service(ctx),
         checksum=digest,
+        refs=ctx.refs,
     )
 
 
@@ -578,17 +686,61 @@ def service_account(env: Environment, config: StackConfig) -> Obj:
     }
 
 
-def kalshi_secret(env: Environment, config: StackConfig, private_key: object) -> Obj:
-    """The only object that carries the private key (a Pulumi secret output in the program)."""
+def shard_catalog(env: Environment, config: StackConfig) -> Obj:
+    """Every shard and pin, for the connectors' resolution of live markets.
+
+    A fixed name that the pod templates reference by name only: an edit changes its data in
+    place (the program's Kubernetes provider has `enableConfigMapMutable`) and rolls no pod;
+    the connectors read it afresh at every symbol refresh.
+    """
+    text = render_catalog(env)
+    if len(text.encode()) > CONFIGMAP_LIMIT:
+        raise ConfigError(
+            f"the shard catalog of {env.name!r} would be {len(text.encode())} bytes, over "
+            f"Kubernetes' 1 MiB ConfigMap limit ({len(env.assignments)} pins); pin fewer symbols"
+        )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": CATALOG_CONFIG_MAP,
+            "namespace": config.namespace,
+            "labels": labels(env, None, "catalog"),
+        },
+        "data": {CATALOG_FILE_NAME: text},
+    }
+
+
+def _unnamed_secret(env: Environment, config: StackConfig, component: str) -> Obj:
+    """A Secret without `metadata.name`: pulumi-kubernetes names it after the resource
+    (`ssmd-endpoints-<random>`), so a new content is a new Secret, created before the old one
+    is deleted, and the pods referencing it by name roll onto it. (A name derived from a hash
+    of the content would publish a hash of the password.)"""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {
-            "name": SECRET_NAME,
-            "namespace": config.namespace,
-            "labels": labels(env, None, "credentials"),
-        },
+        "metadata": {"namespace": config.namespace, "labels": labels(env, None, component)},
         "type": "Opaque",
+    }
+
+
+def endpoints_secret(
+    env: Environment, config: StackConfig, nats_url: object, redis_url: object
+) -> Obj:
+    """The NATS and Redis URLs of the pods (Pulumi secrets in the program): may hold passwords."""
+    return {
+        **_unnamed_secret(env, config, "endpoints"),
+        "stringData": {
+            ENDPOINT_KEYS[NATS_URL_VARIABLE]: nats_url,
+            ENDPOINT_KEYS[REDIS_URL_VARIABLE]: redis_url,
+        },
+    }
+
+
+def kalshi_secret(env: Environment, config: StackConfig, private_key: object) -> Obj:
+    """The only object that carries the private key (a Pulumi secret output in the program)."""
+    return {
+        **_unnamed_secret(env, config, "credentials"),
         "stringData": {
             API_KEY_ID_KEY: config.kalshi_api_key_id or "",
             PRIVATE_KEY_FILE: private_key,

@@ -6,7 +6,12 @@ resolved at the end. The tests use it to check the declared objects and to rende
 Kubernetes manifests for schema validation; the benchmark uses it to time the program.
 
 The mocks answer like the real providers where the program reads an output: the runtime
-image gets a `sha256:` digest derived from its inputs and a digest-pinned `ref`.
+image gets a `sha256:` digest derived from its inputs and a digest-pinned `ref`, and a
+Kubernetes object without `metadata.name` gets `{resource name}-<suffix>` as pulumi-kubernetes
+auto-names it (a digest of its inputs stands in for the random suffix, so new content is a new
+name, as a replacement would give). The resource options the engine receives (protect,
+retainOnDelete, ignoreChanges, deleteBeforeReplace, provider, parent), which the mocks API
+does not show, are recorded too (`Declared.options`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,18 @@ SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker of a secret v
 
 
 @dataclass(frozen=True)
+class ResourceOptionsSeen:
+    """The resource options the engine received with a registration (what mocks hide)."""
+
+    protect: bool = False
+    retain_on_delete: bool = False
+    ignore_changes: tuple[str, ...] = ()
+    delete_before_replace: bool = False
+    provider: str = ""
+    parent: str = ""  # the parent's URN
+
+
+@dataclass(frozen=True)
 class Declared:
     """One resource the program registered."""
 
@@ -43,6 +60,8 @@ class Declared:
     name: str
     inputs: dict[str, Any]
     urn: str = ""
+    auto_name: str | None = None  # the name the provider gives an object without one
+    options: ResourceOptionsSeen = field(default_factory=lambda: ResourceOptionsSeen())
 
     @property
     def parent_type(self) -> str | None:
@@ -51,8 +70,11 @@ class Declared:
         return chain[-2] if len(chain) > 1 else None
 
     def manifest(self) -> dict[str, Any]:
-        """The Kubernetes object as it would be applied (secrets unwrapped)."""
-        return _integral(unwrap_secrets(self.inputs))  # type: ignore[no-any-return]
+        """The Kubernetes object as it would be applied (secrets unwrapped, auto-named)."""
+        obj: dict[str, Any] = _integral(unwrap_secrets(self.inputs))
+        if self.auto_name is not None:
+            obj["metadata"] = {**obj.get("metadata", {}), "name": self.auto_name}
+        return obj
 
 
 @dataclass
@@ -113,8 +135,18 @@ class RecordingMocks(pulumi.runtime.Mocks):
             body = json.dumps(args.inputs, sort_keys=True, default=str).encode()
             digest = "sha256:" + hashlib.sha256(body).hexdigest()
             outputs.update(digest=digest, ref=f"{repository}@{digest}")
+        metadata = args.inputs.get("metadata")
+        unnamed = isinstance(metadata, dict) and not metadata.get("name")
+        auto_name = None
+        if args.typ.startswith("kubernetes:") and isinstance(metadata, dict) and unnamed:
+            # pulumi-kubernetes auto-names `{resource name}-<random suffix>`, a new suffix
+            # per replacement; a digest of the inputs stands in for the random part
+            body = json.dumps(args.inputs, sort_keys=True, default=str).encode()
+            suffix = hashlib.sha256(body).hexdigest()[:8]
+            auto_name = f"{args.name}-{suffix}"
+            outputs["metadata"] = {**metadata, "name": auto_name}
         with self._lock:
-            self.resources.append(Declared(args.typ, args.name, args.inputs))
+            self.resources.append(Declared(args.typ, args.name, args.inputs, auto_name=auto_name))
         return f"{args.name}-id", outputs
 
     def call(
@@ -123,14 +155,37 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return {}, None
 
 
-def _attach_urns(run: OfflineRun, monitor: MockMonitor) -> None:
+class RecordingMonitor(MockMonitor):
+    """The mock engine, also keeping each registration's resource options by URN."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.options: dict[str, ResourceOptionsSeen] = {}
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        self.options[response.urn] = ResourceOptionsSeen(
+            protect=bool(request.protect),
+            retain_on_delete=bool(request.retainOnDelete),
+            ignore_changes=tuple(request.ignoreChanges),
+            delete_before_replace=bool(request.deleteBeforeReplace),
+            provider=str(request.provider),
+            parent=str(request.parent),
+        )
+        return response
+
+
+def _attach_urns(run: OfflineRun, monitor: RecordingMonitor) -> None:
     by_key = {}
     for urn in monitor.get_registered_resources():
         parts = urn.split("::")
         by_key[(parts[2].split("$")[-1], parts[3])] = urn
-    run.resources[:] = [
-        Declared(r.type, r.name, r.inputs, by_key.get((r.type, r.name), "")) for r in run.resources
-    ]
+    resources = []
+    for r in run.resources:
+        urn = by_key.get((r.type, r.name), "")
+        seen = monitor.options.get(urn, ResourceOptionsSeen())
+        resources.append(Declared(r.type, r.name, r.inputs, urn, r.auto_name, seen))
+    run.resources[:] = resources
 
 
 def _usable_event_loop() -> None:
@@ -172,7 +227,7 @@ def run_program(
     """
     _usable_event_loop()
     mocks = RecordingMocks()
-    monitor = MockMonitor(mocks)
+    monitor = RecordingMonitor(mocks)
     pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_mocks(mocks, project="ssmd", stack=stack, preview=preview, monitor=monitor)
     pulumi.runtime.set_all_config(

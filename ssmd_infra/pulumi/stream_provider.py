@@ -14,7 +14,12 @@ dynamic-provider host process, so:
   without it keep the properties they had before the field existed; turning it on or off is
   an in-place update;
 - `update` returns the outputs (the default would return none);
-- `read` reports what the server holds, so drift shows on `pulumi refresh`.
+- `read` reports what the server holds, so drift shows on `pulumi refresh`;
+- where NATS is (`ssmd:natsAdminUrl`, else `ssmd:natsUrl`) is **not** a property: the engine
+  hands the stack's configuration to the provider host, which calls `configure` once per
+  process before any other method. So the URL (which may carry a password) never lands in
+  the state, changing it (another port-forward) is never a diff, and `read`/`delete` of a
+  stream use the URL of today's run, not the one of the run that created it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import pulumi
 from pulumi.dynamic import (
     CheckFailure,
     CheckResult,
+    ConfigureRequest,
     CreateResult,
     DiffResult,
     ReadResult,
@@ -35,32 +41,62 @@ from pulumi.dynamic import (
 
 from ssmd_infra.adapters import jetstream
 from ssmd_infra.core import stream_rules
+from ssmd_infra.core.errors import ConfigError
 from ssmd_infra.core.nats_url import nats_url_problem
 from ssmd_infra.core.streams import StreamSpec
+from ssmd_infra.pulumi.stack_config import NATS_ADMIN_URL, NATS_URL, PREFIX
 
-NATS_URL = "nats_url"
+# Streams created before the URL became provider configuration carry it in their state;
+# it is ignored (never compared, never used) and dropped at their next update.
+LEGACY_URL_PROPERTY = "nats_url"
 
 
-def props_from_spec(spec: StreamSpec, nats_url: str) -> dict[str, Any]:
-    """The resource's inputs/outputs: the spec's plain-data form plus where the server is."""
-    return {NATS_URL: nats_url, **spec.to_dict()}
+def props_from_spec(spec: StreamSpec) -> dict[str, Any]:
+    """The resource's inputs/outputs: the spec's plain-data form, nothing about the server."""
+    return spec.to_dict()
 
 
 def spec_from_props(props: dict[str, Any]) -> StreamSpec:
-    data = {k: v for k, v in props.items() if k != NATS_URL and not k.startswith("__")}
+    data = {k: v for k, v in props.items() if k != LEGACY_URL_PROPERTY and not k.startswith("__")}
     return StreamSpec.from_dict(data)
 
 
+def admin_url_of(config: Any) -> str:
+    """`ssmd:natsAdminUrl`, else `ssmd:natsUrl`, from the stack configuration `config`."""
+    for key in (NATS_ADMIN_URL, NATS_URL):
+        value = config.get(f"{PREFIX}:{key}")
+        if value:
+            url = str(value).strip()
+            problem = nats_url_problem(url)
+            if problem:
+                raise ConfigError(f"{PREFIX}:{key}: {problem}")
+            return url
+    raise ConfigError(
+        f"{PREFIX}:{NATS_ADMIN_URL} (or {PREFIX}:{NATS_URL}) is not set: the stream provider "
+        f"does not know where NATS is"
+    )
+
+
 class NatsStreamProvider(ResourceProvider):
-    """CRUD for one JetStream stream; stateless, so it survives pickling."""
+    """CRUD for one JetStream stream; stateless when pickled, so it survives pickling.
+
+    `configure` (run in the provider host, after unpickling) is the only place that sets an
+    attribute: the admin URL of this run.
+    """
 
     serialize_as_secret_always = False
 
+    def configure(self, req: ConfigureRequest) -> None:
+        self._admin_url = admin_url_of(req.config)
+
+    def _url(self) -> str:
+        url: str | None = getattr(self, "_admin_url", None)
+        if url is None:
+            raise ConfigError("the stream provider was not configured with the stack config")
+        return url
+
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
-        problem = nats_url_problem(news.get(NATS_URL))
-        if problem:
-            failures.append(CheckFailure(NATS_URL, problem))
         try:
             spec = spec_from_props(news)
         except (KeyError, TypeError, ValueError) as exc:
@@ -71,17 +107,14 @@ class NatsStreamProvider(ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         spec = spec_from_props(props)
-        url = str(props[NATS_URL])
-        live = asyncio.run(_apply(url, spec, update=False))
-        return CreateResult(spec.name, props_from_spec(live, url))
+        live = asyncio.run(_apply(self._url(), spec, update=False))
+        return CreateResult(spec.name, props_from_spec(live))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         old, new = spec_from_props(olds), spec_from_props(news)
         changed = list(stream_rules.spec_differences(old, new))
         if old.name != new.name:
             changed.append("name")
-        if olds.get(NATS_URL) != news.get(NATS_URL):
-            changed.append(NATS_URL)
         replaces = list(stream_rules.replacement_fields(old, new))
         return DiffResult(
             changes=bool(changed),
@@ -92,19 +125,17 @@ class NatsStreamProvider(ResourceProvider):
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         spec = spec_from_props(news)
-        url = str(news[NATS_URL])
-        live = asyncio.run(_apply(url, spec, update=True))
-        return UpdateResult(props_from_spec(live, url))
+        live = asyncio.run(_apply(self._url(), spec, update=True))
+        return UpdateResult(props_from_spec(live))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        asyncio.run(_delete(str(props[NATS_URL]), id_))
+        asyncio.run(_delete(self._url(), id_))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        url = str(props[NATS_URL])
-        live = asyncio.run(jetstream.read_stream(url, id_))
+        live = asyncio.run(jetstream.read_stream(self._url(), id_))
         if live is None:
             return ReadResult("", {})
-        return ReadResult(id_, props_from_spec(live, url))
+        return ReadResult(id_, props_from_spec(live))
 
 
 async def _apply(url: str, spec: StreamSpec, *, update: bool) -> StreamSpec:
@@ -122,7 +153,6 @@ class NatsStream(pulumi.dynamic.Resource, module="ssmd", name="NatsStream"):
     """A JetStream stream managed from a `StreamSpec`."""
 
     name: pulumi.Output[str]
-    nats_url: pulumi.Output[str]
     subjects: pulumi.Output[list[str]]
     sources: pulumi.Output[list[dict[str, str]]]
     republish: pulumi.Output[dict[str, Any] | None]
@@ -131,9 +161,7 @@ class NatsStream(pulumi.dynamic.Resource, module="ssmd", name="NatsStream"):
         self,
         resource_name: str,
         spec: StreamSpec,
-        nats_url: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         stream_rules.validate_spec(spec)
-        props: dict[str, Any] = {NATS_URL: nats_url, **spec.to_dict()}
-        super().__init__(NatsStreamProvider(), resource_name, props, opts)
+        super().__init__(NatsStreamProvider(), resource_name, props_from_spec(spec), opts)

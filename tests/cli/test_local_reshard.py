@@ -220,7 +220,11 @@ def test_split_while_running_then_roll_back(
         seen = asyncio.run(publishing_shards(nats_server.url, set(before)))
         assert seen == {s: {shard} for s, shard in expected.items()}
 
-        rolled = ssmd(capsys, "shard", "rollback", "kalshi-dev", "--target", "local")
+        # the rollback removes tier1b again: its stream goes, so it has to be allowed
+        rolled = ssmd(
+            capsys, "shard", "rollback", "kalshi-dev", "--target", "local", "--allow-data-loss"
+        )
+        assert "data loss: shard tier1b: stream ssmd-internal-tier1b is deleted" in rolled
         assert "NO DATA" not in rolled
         assert layout_of(env_file) == before
         assert (

@@ -113,6 +113,33 @@ class Recorder:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.seen: list[str] = []  # the environment text the program would read at each call
         self.history_rows: list[Any] = []
+        self.up_error: Exception | None = None  # what the Automation API raises at `up`
+        # the stack's state as `pulumi stack export` gives it (what `unprotect` edits)
+        self.state: list[dict[str, Any]] = [
+            {"urn": f"urn:pulumi:dev::ssmd::{t}::{n}", "protect": True}
+            for t, n in [
+                (
+                    "ssmd:index:Environment$ssmd:index:Shard$pulumi-python:dynamic/ssmd:NatsStream",
+                    "tier1-stream",
+                ),
+                (
+                    "ssmd:index:Environment$ssmd:index:Shard$pulumi-python:dynamic/ssmd:NatsStream",
+                    "tier1b-stream",
+                ),
+                (
+                    "ssmd:index:Environment$ssmd:index:Shard$kubernetes:core/v1:PersistentVolumeClaim",
+                    "tier1b-archive",
+                ),
+            ]
+        ]
+
+    def export_stack(self) -> Any:
+        self.calls.append(("export_stack", {}))
+        return SimpleNamespace(deployment={"resources": self.state})
+
+    def import_stack(self, state: Any) -> None:
+        self.calls.append(("import_stack", {}))
+        self.state = state.deployment["resources"]
 
     def select_stack(self, **kwargs: Any) -> Recorder:
         self.selected.append(kwargs)
@@ -128,6 +155,8 @@ class Recorder:
 
     def up(self, **kwargs: Any) -> Any:
         self.calls.append(("up", kwargs))
+        if self.up_error is not None:
+            raise self.up_error
         self.seen.append(self.env_file.read_text())
         summary = SimpleNamespace(result="succeeded", version=42, resource_changes={"create": 7})
         return SimpleNamespace(summary=summary)
@@ -389,6 +418,61 @@ def test_apply_on_kubernetes_runs_pulumi_up_with_the_env_commit(
     assert rollout.commit_of_message(kwargs["message"]) == commit[:12]
 
 
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (
+            "ConcurrentUpdateError",
+            "pulumi up on stack dev did not start: another update of the stack is running. "
+            "Wait for it, or if it died, `pulumi cancel -s dev`",
+        ),
+        (
+            "StackNotFoundError",
+            "pulumi up: stack dev does not exist in the current Pulumi backend",
+        ),
+        ("CommandError", "pulumi up on stack dev failed:\n code: 255"),
+    ],
+)
+def test_a_failed_pulumi_up_says_what_failed_what_is_committed_and_how_to_go_back(
+    ssmd: Ssmd, repo: Path, pulumi: Recorder, error: str, said: str
+) -> None:
+    from pulumi.automation import errors
+    from pulumi.automation._cmd import CommandResult
+
+    result_of_cli = CommandResult(
+        stdout="Updating (dev)", stderr="error: the update failed: boom", code=255
+    )
+    pulumi.up_error = getattr(errors, error)(result_of_cli)
+    pid = make_plan(ssmd)
+    result = ssmd("shard", "apply", "kalshi-dev", "--plan", pid, "--no-verify")
+    assert result.code == 1
+    commit = git(repo, "log", "-1", "--format=%H", "--", ENV_REL)
+    assert "the day roll failed: " + said in result.err
+    assert f"already done: {ENV_REL}@{commit[:12]} (committed) holds the new environment" in (
+        result.err
+    )
+    assert "to go back: `ssmd shard rollback kalshi-dev --target kubernetes`" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_an_update_blocked_by_protection_points_at_allow_data_loss(
+    ssmd: Ssmd, repo: Path, pulumi: Recorder
+) -> None:
+    from pulumi.automation import errors
+    from pulumi.automation._cmd import CommandResult
+
+    stderr = (
+        'error: unable to delete resource "urn:...::tier1b-stream"\n'
+        "as it is currently marked for protection."
+    )
+    pulumi.up_error = errors.CommandError(CommandResult(stdout="", stderr=stderr, code=255))
+    result = ssmd("day", "roll", "kalshi-dev", "--no-verify")
+    assert result.code == 1
+    assert "marked for protection" in result.err
+    assert "Removed shards: `ssmd shard apply|rollback --allow-data-loss`" in result.err
+    assert "the environment file is unchanged" in result.err
+
+
 def test_apply_allow_dirty_deploys_without_committing_and_says_so(
     ssmd: Ssmd, repo: Path, pulumi: Recorder
 ) -> None:
@@ -432,8 +516,21 @@ def test_rollback_lists_stack_history_and_restores_the_previous_commit(
             resource_changes={"same": 20},
         ),
     ]
-    result = ssmd("shard", "rollback", "kalshi-dev", "--no-verify")
+    refused = ssmd("shard", "rollback", "kalshi-dev", "--no-verify")
+    assert refused.code == 1
+    assert "data loss: shard tier1b: stream ssmd-internal-tier1b is deleted" in refused.out
+    assert "removes 1 shard(s) and deletes their data" in refused.err
+    assert "nothing was changed" in refused.err
+    assert git(repo, "log", "-1", "--format=%H", "--", ENV_REL) == applied
+    assert [c for c, _ in pulumi.calls if c in ("up", "import_stack")] == ["up"]  # the apply's
+    result = ssmd("shard", "rollback", "kalshi-dev", "--no-verify", "--allow-data-loss")
     assert result.code == 0, result.err
+    assert "protection lifted from 2 resource(s) of the removed shards" in result.out
+    assert {r["urn"].rsplit("::", 1)[1]: r["protect"] for r in pulumi.state} == {
+        "tier1-stream": True,
+        "tier1b-stream": False,
+        "tier1b-archive": False,
+    }
     assert "pulumi stack history of dev:" in result.out
     assert applied[:12] in result.out and first[:12] in result.out
     assert (repo / ENV_REL).read_text() == original

@@ -77,6 +77,7 @@ def test_every_declared_object_is_valid_kubernetes(
         "Deployment",
         "HorizontalPodAutoscaler",
         "Namespace",
+        "PersistentVolumeClaim",
         "PodDisruptionBudget",
         "Secret",
         "Service",
@@ -134,15 +135,23 @@ def context(env_name: str = "kalshi-dev", **config: str) -> manifests.ShardConte
         layout=layout,
         shard=env.shards["tier1"],
         config=stack,
-        image="r.example.com/ssmd@sha256:" + "0" * 64,
+        refs=manifests.Refs(
+            image="r.example.com/ssmd@sha256:" + "0" * 64,
+            endpoints_secret="ssmd-endpoints-0123abcd",
+            kalshi_secret=None,
+        ),
     )
 
 
 def test_without_a_private_key_no_credentials_are_mounted() -> None:
     objects = manifests.shard_objects(context())
     pod = objects.connector["spec"]["template"]["spec"]
-    assert [v["name"] for v in pod["volumes"]] == ["config", "tmp"]
-    assert pod["containers"][0]["env"] == []
+    assert [v["name"] for v in pod["volumes"]] == ["config", "tmp", "shards"]
+    assert [e["name"] for e in pod["containers"][0]["env"]] == [
+        "NATS_URL",
+        "REDIS_URL",
+        "SSMD_SHARDS_FILE",
+    ]
 
 
 def test_checksum_is_stable_and_follows_the_config_map_data() -> None:
@@ -193,3 +202,25 @@ def test_a_shard_name_too_long_for_a_statefulset_is_refused() -> None:
     )
     with pytest.raises(ConfigError, match=f"shard '{name}': the archiver StatefulSet name"):
         manifests.shard_objects(ctx)
+
+
+def test_long_label_values_end_in_a_hash_and_selectors_stay_unique() -> None:
+    """A 60-character environment name: `{env}-{shard}` is over 63 characters for both
+    shards, and a plain cut would give them the same selector."""
+    env_name = "e" * 60
+    first = manifests.label_value(f"{env_name}-tier1a")
+    second = manifests.label_value(f"{env_name}-tier1b")
+    assert first != second
+    assert len(first) == len(second) == 63
+    assert first.startswith("e" * 54 + "-")
+    assert manifests.label_value("short-tier1") == "short-tier1"
+
+
+def test_a_pdb_only_when_the_shard_can_run_two_replicas() -> None:
+    ctx = context()
+    one = dataclasses.replace(ctx, shard=ctx.shard.model_copy(update={"replicas": 1}))
+    two = dataclasses.replace(ctx, shard=ctx.shard.model_copy(update={"replicas": 2}))
+    assert manifests.connector_pdb(one) is None
+    pdb = manifests.connector_pdb(two)
+    assert pdb is not None and pdb["spec"]["minAvailable"] == 1
+    assert "maxUnavailable" not in pdb["spec"]

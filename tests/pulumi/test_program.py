@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ssmd_infra.core.environment import parse_environment
 from ssmd_infra.core.resolution import resolve
 from ssmd_infra.core.secmaster import merge_symbols
+from ssmd_infra.core.shard_catalog import with_catalog
+from ssmd_infra.pulumi import manifests
 from ssmd_infra.pulumi.offline import SECRET_SIG, OfflineRun, run_program, unwrap_secrets
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +36,7 @@ PDB = "kubernetes:policy/v1:PodDisruptionBudget"
 CONFIGMAP = "kubernetes:core/v1:ConfigMap"
 SECRET = "kubernetes:core/v1:Secret"
 SERVICE = "kubernetes:core/v1:Service"
+PVC = "kubernetes:core/v1:PersistentVolumeClaim"
 STREAM = "pulumi-python:dynamic/ssmd:NatsStream"
 IMAGE = "docker-build:index:Image"
 
@@ -115,6 +118,12 @@ def base_config(private_key: str) -> dict[str, str]:
     }
 
 
+def stack_line(key: str) -> int:
+    """The line of `ssmd:<key>` in the committed stack file (problems point at it)."""
+    lines = (REPO / "Pulumi.kalshi-prod.yaml").read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if line.startswith(f"  ssmd:{key}:"))
+
+
 def run(config: dict[str, str], **kwargs: Any) -> OfflineRun:
     return run_program(PROGRAM, config, secret_keys=("kalshiPrivateKey",), **kwargs)
 
@@ -150,13 +159,15 @@ def test_kalshi_prod_declares_one_set_of_workloads_per_shard(prod: OfflineRun) -
         "ssmd:index:Shard": 2,
         "kubernetes:core/v1:Namespace": 1,
         "kubernetes:core/v1:ServiceAccount": 1,
-        SECRET: 1,
+        "pulumi:providers:kubernetes": 1,
+        SECRET: 2,  # endpoints, Kalshi credentials
         IMAGE: 1,
-        CONFIGMAP: 2,
+        CONFIGMAP: 3,  # one per shard, the shard catalog
         DEPLOYMENT: 2,
         HPA: 2,
-        PDB: 2,
+        PDB: 1,  # tier2 has replicas: 1
         SERVICE: 2,
+        PVC: 2,
         STATEFULSET: 2,
         STREAM: 3,
     }
@@ -170,15 +181,18 @@ def test_every_child_is_parented_to_its_component(four: OfflineRun) -> None:
         ("pulumi:pulumi:Stack", env): 1,
         (env, "kubernetes:core/v1:Namespace"): 1,
         (env, "kubernetes:core/v1:ServiceAccount"): 1,
-        (env, SECRET): 1,
+        (env, "pulumi:providers:kubernetes"): 1,
+        (env, SECRET): 2,
+        (env, CONFIGMAP): 1,  # the shard catalog
         (env, IMAGE): 1,
         (env, shard): 4,
         (env, STREAM): 1,  # the client stream
         (shard, CONFIGMAP): 4,
         (shard, DEPLOYMENT): 4,
         (shard, HPA): 4,
-        (shard, PDB): 4,
+        (shard, PDB): 3,  # tier2 has replicas: 1
         (shard, SERVICE): 4,
+        (shard, PVC): 4,
         (shard, STATEFULSET): 4,
         (shard, STREAM): 4,
     }
@@ -265,16 +279,11 @@ def test_pods_run_non_root_read_only_with_probes_on_healthz(four: OfflineRun) ->
 def test_containers_run_the_runtime_commands_with_the_mounted_environment(four: OfflineRun) -> None:
     specs = pod_specs(four)
     connector = specs["btc-connector"]["containers"][0]
-    assert connector["command"] == ["ssmd"]
+    assert connector["command"] == ["python", "-m", "runtime"]
     assert connector["args"] == [
-        "run",
         "connector",
         "/etc/ssmd/environment.yaml",
         "btc",
-        "--nats-url",
-        "nats://nats.nats.svc:4222",
-        "--redis-url",
-        "redis://redis.ssmd-prod.svc:6379/0",
         "--metrics-port",
         "9100",
         "--kalshi-ws-url",
@@ -283,26 +292,23 @@ def test_containers_run_the_runtime_commands_with_the_mounted_environment(four: 
         "https://api.elections.kalshi.com/trade-api/v2",
     ]
     env = {e["name"]: e for e in connector["env"]}
-    assert env["KALSHI_API_KEY_ID"]["valueFrom"] == {
-        "secretKeyRef": {"name": "ssmd-kalshi-credentials", "key": "api-key-id"}
-    }
+    kalshi = env["KALSHI_API_KEY_ID"]["valueFrom"]["secretKeyRef"]
+    assert kalshi["key"] == "api-key-id"
+    assert kalshi["name"].startswith("ssmd-kalshi-credentials-")
+    assert env["SSMD_SHARDS_FILE"]["value"] == "/etc/ssmd-shards/shards.json"
     assert env["KALSHI_PRIVATE_KEY_PATH"]["value"] == "/var/run/secrets/kalshi/private-key.pem"
     archiver = specs["btc-archiver"]["containers"][0]
     assert archiver["args"] == [
-        "run",
         "archiver",
         "/etc/ssmd/environment.yaml",
         "btc",
-        "--nats-url",
-        "nats://nats.nats.svc:4222",
-        "--redis-url",
-        "redis://redis.ssmd-prod.svc:6379/0",
         "--metrics-port",
         "9100",
         "--data-dir",
         "/var/lib/ssmd/archive",
     ]
-    assert "env" not in archiver or archiver["env"] == []  # the archiver needs no credentials
+    # the endpoints only: the archiver needs no Kalshi credentials
+    assert [e["name"] for e in archiver["env"]] == ["NATS_URL", "REDIS_URL"]
     mounts = {m["name"]: m["mountPath"] for m in archiver["volumeMounts"]}
     assert mounts == {"config": "/etc/ssmd", "tmp": "/tmp", "archive": "/var/lib/ssmd/archive"}
 
@@ -345,7 +351,7 @@ def test_labels_follow_the_recommended_scheme(four: OfflineRun) -> None:
         )
     }
     pdb = by_name(four, PDB)["politics-connector-pdb"]["spec"]
-    assert pdb == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    assert pdb == {"minAvailable": 1, "selector": {"matchLabels": selector}}
     for obj in (r.manifest() for r in four.resources if r.type.startswith("kubernetes:")):
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "pulumi"
 
@@ -357,7 +363,9 @@ def assignment_of(run_: OfflineRun, shard: str) -> dict[str, Any]:
 
 def test_config_map_holds_the_shard_assignment(four: OfflineRun, test_env_file: Path) -> None:
     configmap = by_name(four, CONFIGMAP)["btc-config"]
-    assert configmap["metadata"]["name"] == "ssmd-shard-btc"
+    checksum = manifests.checksum(configmap["data"])
+    assert configmap["metadata"]["name"] == f"ssmd-shard-btc-config-{checksum[:10]}"
+    assert configmap["immutable"] is True
     assert configmap["metadata"]["namespace"] == "ssmd-prod"
     shard_env = parse_environment(configmap["data"]["environment.yaml"], "environment.yaml")
     assert shard_env.name == "test-env"
@@ -383,14 +391,22 @@ def test_config_map_holds_the_shard_assignment(four: OfflineRun, test_env_file: 
 
 
 def test_each_shard_environment_resolves_to_exactly_its_symbols(four: OfflineRun) -> None:
-    """The pods resolve from the shard's own environment.yaml: it must agree with the plan."""
+    """The pods resolve from the shard's own environment.yaml (this shard only), with the
+    shard catalog added for the other shards' selectors and pins: it must agree with the plan."""
+    catalog = by_name(four, CONFIGMAP)["shard-catalog"]
+    assert catalog["metadata"]["name"] == "ssmd-shards"
     for shard in ("btc", "tier1", "tier2", "politics"):
         text = by_name(four, CONFIGMAP)[f"{shard}-config"]["data"]["environment.yaml"]
-        env = parse_environment(text, f"{shard}/environment.yaml")
-        assert list(env.shards) == ["btc", "tier1", "tier2", "politics"]
-        layout = resolve(env, merge_symbols(env))
+        own = parse_environment(text, f"{shard}/environment.yaml")
+        assert list(own.shards) == [shard]
+        assert (
+            resolve(own, merge_symbols(own)).by_shard[shard]
+            == assignment_of(four, shard)["symbols"]
+        )
+        env = with_catalog(own, shard, catalog["data"]["shards.json"], "shards.json")
+        assert sorted(env.shards) == ["btc", "politics", "tier1", "tier2"]
+        layout = resolve(env, merge_symbols(env), complete_universe=False)
         assert layout.by_shard[shard] == assignment_of(four, shard)["symbols"]
-        assert all(not symbols for name, symbols in layout.by_shard.items() if name != shard)
 
 
 def test_pod_templates_carry_the_checksum_of_their_config_map(four: OfflineRun) -> None:
@@ -440,7 +456,8 @@ def test_streams_are_declared_from_the_environment(four: OfflineRun) -> None:
     assert btc["subjects"] == ["internal.btc.>"]
     assert (btc["max_age"], btc["max_bytes"], btc["max_msgs"]) == (48 * 3600, 20 * 2**30, 1000000)
     assert btc["duplicate_window"] == 300
-    assert btc["nats_url"] == "nats://127.0.0.1:4222"  # the admin URL: where `pulumi up` runs
+    # where NATS is, is the provider's configuration, never a property of the stream
+    assert "nats_url" not in btc
     client = streams["client-stream"]
     assert client["name"] == "ssmd-client"
     assert client["duplicate_window"] == 120
@@ -459,8 +476,9 @@ def test_workloads_run_the_digest_pinned_image_built_from_the_dockerfile(prod: O
     (image,) = prod.of_type(IMAGE)
     assert image.inputs["push"] is True
     assert image.inputs["tags"] == ["registry.example.com/ssmd/runtime:v1"]
-    assert image.inputs["dockerfile"]["location"] == str(REPO / "runtime" / "Dockerfile")
-    assert image.inputs["context"]["location"] == str(REPO)
+    assert image.inputs["dockerfile"]["location"] == "runtime/Dockerfile"
+    assert image.inputs["context"]["location"] == "."
+    assert image.inputs["buildOnPreview"] is False
     ref = prod.outputs["image"]
     assert re.fullmatch(r"registry\.example\.com/ssmd/runtime@sha256:[0-9a-f]{64}", ref)
     for name, spec in pod_specs(prod).items():
@@ -518,7 +536,7 @@ def test_the_committed_kalshi_prod_stack_file_deploys(private_key: str) -> None:
     assert result.outputs["namespace"] == config["namespace"]
     assert sorted(result.outputs["shards"]) == ["tier1", "tier2"]
     streams = {r.name: r.inputs for r in result.of_type(STREAM)}
-    assert {s["nats_url"] for s in streams.values()} == {config["natsAdminUrl"]}
+    assert not any("nats_url" in s for s in streams.values())
 
 
 # ----------------------------------------------------------------------------- the private key
@@ -527,7 +545,7 @@ def test_the_committed_kalshi_prod_stack_file_deploys(private_key: str) -> None:
 def test_private_key_goes_into_the_secret_only(
     four: OfflineRun, private_key: str, key_body: str
 ) -> None:
-    (secret,) = four.of_type(SECRET)
+    secret = four.named(SECRET, "ssmd-kalshi-credentials")
     assert secret.inputs["stringData"][SECRET_SIG]  # still a Pulumi secret at registration
     data = secret.manifest()["stringData"]
     assert data == {"api-key-id": "key-id-123", "private-key.pem": private_key}
@@ -568,7 +586,10 @@ def refused(config: dict[str, str], secret_keys: tuple[str, ...] = ("kalshiPriva
 
 def test_missing_environment_key_is_refused(base_config: dict[str, str]) -> None:
     config = {k: v for k, v in base_config.items() if k != "environment"}
-    assert "Pulumi.kalshi-prod.yaml: ssmd:environment: required" in refused(config)
+    assert (
+        f"Pulumi.kalshi-prod.yaml:{stack_line('environment')}: ssmd:environment: required"
+        in refused(config)
+    )
 
 
 def test_an_environment_that_does_not_exist_is_refused(base_config: dict[str, str]) -> None:
@@ -624,7 +645,7 @@ def test_a_stream_limit_of_zero_or_below_is_refused(
 )
 def test_a_malformed_nats_url_is_refused(base_config: dict[str, str], url: str, why: str) -> None:
     message = refused({**base_config, "natsUrl": url})
-    assert "Pulumi.kalshi-prod.yaml: ssmd:natsUrl: " in message
+    assert f"Pulumi.kalshi-prod.yaml:{stack_line('natsUrl')}: ssmd:natsUrl: " in message
     assert why in message
 
 
@@ -663,7 +684,10 @@ def test_stack_and_environment_problems_are_reported_together(
     config = {**base_config, "environment": str(test_env_file), "redisUrl": "mysql://db"}
     message = refused(config)
     assert message.startswith("2 problems:")
-    assert "Pulumi.kalshi-prod.yaml: ssmd:redisUrl: malformed Redis URL" in message
+    assert (
+        f"Pulumi.kalshi-prod.yaml:{stack_line('redisUrl')}: ssmd:redisUrl: malformed Redis URL"
+        in message
+    )
     assert f"{test_env_file}:" in message and "shards.tier1.replicas" in message
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import dill
 import pytest
+from pulumi.dynamic import Config, ConfigureRequest
 from pulumi.dynamic.dynamic import serialize_provider
 
 from ssmd_infra.adapters import jetstream
@@ -51,8 +52,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc.stop()
 
 
-def props(spec: StreamSpec, url: str, provider: str = "pickled-provider-A") -> dict[str, Any]:
-    return {**props_from_spec(spec, url), PROVIDER_KEY: provider}
+def props(spec: StreamSpec, provider: str = "pickled-provider-A") -> dict[str, Any]:
+    return {**props_from_spec(spec), PROVIDER_KEY: provider}
+
+
+def configuration(url: str) -> ConfigureRequest:
+    """What the provider host hands `configure`: the stack's configuration."""
+    return ConfigureRequest(Config({"ssmd:natsAdminUrl": url}, "ssmd"))
+
+
+def at(url: str) -> NatsStreamProvider:
+    """A provider configured as the engine configures it, with `url` as the admin URL."""
+    provider = NatsStreamProvider()
+    provider.configure(configuration(url))
+    return provider
 
 
 # The provider's methods are synchronous (they run their own event loop, as in the engine),
@@ -86,9 +99,9 @@ def reconcile(url: str, specs: list[StreamSpec]) -> None:
 
 def test_create_makes_the_stream_and_returns_its_outputs(server: ServerProcess) -> None:
     spec = internal_stream_spec(make_env("cr"), "cra")
-    result = NatsStreamProvider().create(props(spec, server.url))
+    result = at(server.url).create(props(spec))
     assert result.id == "ssmd-internal-cra"
-    assert result.outs == props_from_spec(spec, server.url)
+    assert result.outs == props_from_spec(spec)
     config = server_config(server.url, "ssmd-internal-cra")
     assert config is not None and config["subjects"] == ["internal.cra.>"]
 
@@ -97,7 +110,7 @@ def test_create_adopts_an_existing_stream_that_already_matches(server: ServerPro
     env = make_env("ad")
     spec = internal_stream_spec(env, "ada")
     reconcile(server.url, [spec])
-    result = NatsStreamProvider().create(props(spec, server.url))
+    result = at(server.url).create(props(spec))
     assert result.id == "ssmd-internal-ada"
     assert spec_from_props(result.outs or {}) == spec
 
@@ -105,16 +118,18 @@ def test_create_adopts_an_existing_stream_that_already_matches(server: ServerPro
 def test_create_refuses_an_existing_stream_with_another_config(server: ServerProcess) -> None:
     spec = internal_stream_spec(make_env("cx"), "cxa")
     reconcile(server.url, [dataclasses.replace(spec, max_bytes=1024 * 1024)])
-    with pytest.raises(SsmdError, match="already exists with a different configuration"):
-        NatsStreamProvider().create(props(spec, server.url))
+    with pytest.raises(SsmdError, match="already exists with a different configuration") as exc:
+        at(server.url).create(props(spec))
+    assert "cannot be imported into the stack" in str(exc.value)
+    assert "nats stream rm ssmd-internal-cxa" in str(exc.value)
 
 
 def test_diff_ignores_the_pickled_provider_and_number_formats() -> None:
     spec = internal_stream_spec(make_env("df"), "dfa")
-    olds = props(spec, "nats://n:4222", provider="pickled-provider-A")
-    news = props(spec, "nats://n:4222", provider="pickled-provider-B")
+    olds = {**props(spec, provider="pickled-provider-A"), "nats_url": "nats://old:4222"}
+    news = props(spec, provider="pickled-provider-B")  # state before the URL left the props
     news["max_age"] = int(spec.max_age)  # 3600 vs 3600.0 after a round trip through the engine
-    result = NatsStreamProvider().diff("ssmd-internal-dfa", olds, news)
+    result = at("nats://nats:4222").diff("ssmd-internal-dfa", olds, news)
     assert (result.changes, result.replaces, result.delete_before_replace) == (False, [], False)
 
 
@@ -124,22 +139,20 @@ def test_diff_after_read_shows_no_change_from_server_filled_defaults(
     spec = client_stream_spec(make_env("sd"))
     for shard in ("sda", "sdb"):
         reconcile(server.url, [internal_stream_spec(make_env("sd"), shard)])
-    provider = NatsStreamProvider()
-    provider.create(props(spec, server.url))
-    read = provider.read("ssmd-client", props(spec, server.url))
+    provider = at(server.url)
+    provider.create(props(spec))
+    read = provider.read("ssmd-client", props(spec))
     assert read.id == "ssmd-client"
-    result = provider.diff(
-        "ssmd-client", {**(read.outs or {}), PROVIDER_KEY: "x"}, props(spec, server.url)
-    )
+    result = provider.diff("ssmd-client", {**(read.outs or {}), PROVIDER_KEY: "x"}, props(spec))
     assert result.changes is False
 
 
 def test_a_limit_change_is_an_update_in_place() -> None:
     spec = internal_stream_spec(make_env("lc"), "lca")
-    result = NatsStreamProvider().diff(
+    result = at("nats://nats:4222").diff(
         "ssmd-internal-lca",
-        props(spec, "nats://n:4222"),
-        props(dataclasses.replace(spec, max_bytes=2 * spec.max_bytes), "nats://n:4222"),
+        props(spec),
+        props(dataclasses.replace(spec, max_bytes=2 * spec.max_bytes)),
     )
     assert (result.changes, result.replaces, result.delete_before_replace) == (True, [], False)
 
@@ -156,23 +169,23 @@ def test_changes_the_server_refuses_are_replacements_deleted_first(
     change: dict[str, str], replaced: list[str]
 ) -> None:
     spec = internal_stream_spec(make_env("rp"), "rpa")
-    result = NatsStreamProvider().diff(
+    result = at("nats://nats:4222").diff(
         "ssmd-internal-rpa",
-        props(spec, "nats://n:4222"),
-        props(dataclasses.replace(spec, **change), "nats://n:4222"),  # type: ignore[arg-type]
+        props(spec),
+        props(dataclasses.replace(spec, **change)),  # type: ignore[arg-type]
     )
     assert (result.changes, result.replaces, result.delete_before_replace) == (True, replaced, True)
 
 
 def test_update_keeps_max_msgs_duplicate_window_and_unmanaged_fields(server: ServerProcess) -> None:
     spec = internal_stream_spec(make_env("up"), "upa")
-    provider = NatsStreamProvider()
-    provider.create(props(spec, server.url))
+    provider = at(server.url)
+    provider.create(props(spec))
     change_out_of_band(server.url, spec.name, max_msgs_per_subject=250)  # not ssmd's field
 
     wider = dataclasses.replace(spec, max_age=7200.0)
-    result = provider.update(spec.name, props(spec, server.url), props(wider, server.url))
-    assert result.outs == props_from_spec(wider, server.url)
+    result = provider.update(spec.name, props(spec), props(wider))
+    assert result.outs == props_from_spec(wider)
     after = server_config(server.url, spec.name)
     assert after is not None
     assert after["max_age"] == 7200 * 10**9
@@ -183,76 +196,88 @@ def test_update_keeps_max_msgs_duplicate_window_and_unmanaged_fields(server: Ser
 
 def test_update_refuses_a_storage_change_with_the_reason(server: ServerProcess) -> None:
     spec = internal_stream_spec(make_env("us"), "usa")
-    provider = NatsStreamProvider()
-    provider.create(props(spec, server.url))
+    provider = at(server.url)
+    provider.create(props(spec))
     memory = dataclasses.replace(spec, storage="memory")
     with pytest.raises(SsmdError, match="storage file → memory"):
-        provider.update(spec.name, props(spec, server.url), props(memory, server.url))
+        provider.update(spec.name, props(spec), props(memory))
 
 
 def test_read_after_an_out_of_band_change_shows_the_drift(server: ServerProcess) -> None:
     spec = internal_stream_spec(make_env("rd"), "rda")
-    provider = NatsStreamProvider()
-    created = provider.create(props(spec, server.url))
+    provider = at(server.url)
+    created = provider.create(props(spec))
     change_out_of_band(server.url, spec.name, max_bytes=32 * 2**20)
     read = provider.read(spec.name, {**(created.outs or {}), PROVIDER_KEY: "p"})
     assert read.id == spec.name
     assert (read.outs or {})["max_bytes"] == 32 * 2**20
-    diff = provider.diff(
-        spec.name, {**(read.outs or {}), PROVIDER_KEY: "p"}, props(spec, server.url)
-    )
+    diff = provider.diff(spec.name, {**(read.outs or {}), PROVIDER_KEY: "p"}, props(spec))
     assert diff.changes is True and diff.replaces == []
 
 
 def test_read_of_a_deleted_stream_reports_it_gone(server: ServerProcess) -> None:
     spec = internal_stream_spec(make_env("rg"), "rga")
-    read = NatsStreamProvider().read(spec.name, props(spec, server.url))
+    read = at(server.url).read(spec.name, props(spec))
     assert read.id == ""
 
 
 def test_delete_removes_the_stream_and_tolerates_it_being_gone(server: ServerProcess) -> None:
     spec = internal_stream_spec(make_env("de"), "dea")
-    provider = NatsStreamProvider()
-    provider.create(props(spec, server.url))
-    provider.delete(spec.name, props(spec, server.url))
+    provider = at(server.url)
+    provider.create(props(spec))
+    provider.delete(spec.name, props(spec))
     assert server_config(server.url, spec.name) is None
-    provider.delete(spec.name, props(spec, server.url))
+    provider.delete(spec.name, props(spec))
 
 
-def test_check_reports_a_malformed_url_and_bad_limits() -> None:
+def test_check_reports_bad_limits() -> None:
     spec = internal_stream_spec(make_env("ck"), "cka")
-    bad = props(dataclasses.replace(spec, max_bytes=0, duplicate_window=-1.0), "http://nats:4222")
-    result = NatsStreamProvider().check({}, bad)
+    bad = props(dataclasses.replace(spec, max_bytes=0, duplicate_window=-1.0))
+    result = at("nats://nats:4222").check({}, bad)
     reasons = sorted((f.property, f.reason) for f in result.failures)
-    assert [p for p, _ in reasons] == ["name", "name", "nats_url"]
+    assert [p for p, _ in reasons] == ["name", "name"]
     text = " ".join(r for _, r in reasons)
     assert "max_bytes must be positive" in text
     assert "duplicate_window must be positive" in text
-    assert "scheme must be one of" in text
-    assert NatsStreamProvider().check({}, props(spec, "nats://nats:4222")).failures == []
+    assert at("nats://nats:4222").check({}, props(spec)).failures == []
+
+
+def test_configure_takes_the_admin_url_else_the_pods_url_and_refuses_a_bad_one() -> None:
+    provider = NatsStreamProvider()
+    provider.configure(ConfigureRequest(Config({"ssmd:natsUrl": "nats://pods:4222"}, "ssmd")))
+    assert provider._url() == "nats://pods:4222"
+    with pytest.raises(SsmdError, match=r"ssmd:natsAdminUrl: .*scheme must be one of"):
+        NatsStreamProvider().configure(configuration("http://nats:4222"))
+    with pytest.raises(SsmdError, match="not set"):
+        NatsStreamProvider().configure(ConfigureRequest(Config({}, "ssmd")))
+    with pytest.raises(SsmdError, match="not configured"):
+        NatsStreamProvider().create(props(internal_stream_spec(make_env("nc"), "nca")))
 
 
 def test_unreachable_nats_is_a_clear_error() -> None:
     spec = internal_stream_spec(make_env("un"), "una")
     url = f"nats://127.0.0.1:{free_port()}"
     with pytest.raises(SsmdError, match=f"cannot connect to NATS at {url}"):
-        NatsStreamProvider().create(props(spec, url))
+        at(url).create(props(spec))
 
 
 def test_the_provider_survives_a_dill_round_trip(server: ServerProcess) -> None:
     blob = serialize_provider(NatsStreamProvider())
     provider = dill.loads(base64.b64decode(blob))
     assert isinstance(provider, NatsStreamProvider)
+    provider.configure(configuration(server.url))
     spec = internal_stream_spec(make_env("dl"), "dla")
-    assert provider.create(props(spec, server.url)).id == spec.name
+    assert provider.create(props(spec)).id == spec.name
 
 
 FRESH_INTERPRETER = """
 import base64, json, sys
 import dill
+from pulumi.dynamic import Config, ConfigureRequest
 blob, url, spec_json = sys.argv[1], sys.argv[2], sys.argv[3]
 provider = dill.loads(base64.b64decode(blob))
-props = dict(json.loads(spec_json), nats_url=url)
+provider.configure(ConfigureRequest(Config({"ssmd:natsAdminUrl": url}, "ssmd")))
+props = json.loads(spec_json)
 created = provider.create(props)
 read = provider.read(created.id, props)
 print(json.dumps({"type": type(provider).__module__ + "." + type(provider).__name__,
@@ -261,8 +286,9 @@ print(json.dumps({"type": type(provider).__module__ + "." + type(provider).__nam
 
 
 def test_the_pickled_provider_works_in_a_fresh_interpreter(server: ServerProcess) -> None:
-    """What the engine does: unpickle in another process and call the methods there."""
+    """What the engine does: unpickle in another process, configure, call the methods there."""
     blob = serialize_provider(NatsStreamProvider())
+    assert server.url.encode() not in base64.b64decode(blob)  # no URL in the pickled provider
     spec = internal_stream_spec(make_env("fi"), "fia")
     out = subprocess.run(
         [sys.executable, "-c", FRESH_INTERPRETER, blob, server.url, json.dumps(spec.to_dict())],
@@ -287,13 +313,13 @@ def _republish_env(prefix: str) -> Environment:
 def test_the_default_has_no_republish_property_and_no_diff() -> None:
     spec = internal_stream_spec(make_env("rn"), "rna")
     assert spec.republish is None
-    news = props(spec, "nats://n:4222")
+    news = props(spec)
     assert "republish" not in news  # same properties as before the field existed
-    result = NatsStreamProvider().diff("ssmd-internal-rna", props(spec, "nats://n:4222"), news)
+    result = at("nats://nats:4222").diff("ssmd-internal-rna", props(spec), news)
     assert (result.changes, result.replaces) == (False, [])
     # state written by an engine that kept an explicit null is no change either
-    olds = {**props(spec, "nats://n:4222"), "republish": None}
-    assert NatsStreamProvider().diff("ssmd-internal-rna", olds, news).changes is False
+    olds = {**props(spec), "republish": None}
+    assert at("nats://nats:4222").diff("ssmd-internal-rna", olds, news).changes is False
 
 
 def test_toggling_republish_is_an_update_not_a_replacement(server: ServerProcess) -> None:
@@ -301,21 +327,21 @@ def test_toggling_republish_is_an_update_not_a_replacement(server: ServerProcess
     on = internal_stream_spec(_republish_env("rt"), "rta")
     assert on.republish is not None
     assert (on.republish.src, on.republish.dest) == ("internal.rta.kalshi.>", "md.kalshi.>")
-    provider = NatsStreamProvider()
+    provider = at(server.url)
     for old, new in ((off, on), (on, off)):
-        result = provider.diff(on.name, props(old, server.url), props(new, server.url))
+        result = provider.diff(on.name, props(old), props(new))
         assert (result.changes, result.replaces, result.delete_before_replace) == (True, [], False)
-    provider.create(props(off, server.url))
-    updated = provider.update(on.name, props(off, server.url), props(on, server.url))
-    assert updated.outs == props_from_spec(on, server.url)
+    provider.create(props(off))
+    updated = provider.update(on.name, props(off), props(on))
+    assert updated.outs == props_from_spec(on)
     config = server_config(server.url, on.name)
     assert config is not None
     assert config["republish"] == {"src": "internal.rta.kalshi.>", "dest": "md.kalshi.>"}
-    read = provider.read(on.name, props(on, server.url))
-    assert read.outs == props_from_spec(on, server.url)
-    again = provider.diff(on.name, {**(read.outs or {}), PROVIDER_KEY: "x"}, props(on, server.url))
+    read = provider.read(on.name, props(on))
+    assert read.outs == props_from_spec(on)
+    again = provider.diff(on.name, {**(read.outs or {}), PROVIDER_KEY: "x"}, props(on))
     assert again.changes is False
-    provider.update(on.name, props(on, server.url), props(off, server.url))
+    provider.update(on.name, props(on), props(off))
     config = server_config(server.url, on.name)
     assert config is not None and "republish" not in config
-    assert provider.read(on.name, props(off, server.url)).outs == props_from_spec(off, server.url)
+    assert provider.read(on.name, props(off)).outs == props_from_spec(off)

@@ -27,8 +27,9 @@ from runtime.kalshi.simulator import KalshiSimulator
 from runtime.membership import split
 from ssmd_infra.adapters.jetstream import reconcile_streams
 from ssmd_infra.core import redis_keys
-from ssmd_infra.core.environment import Environment, parse_environment
+from ssmd_infra.core.environment import Environment, Shard, parse_environment
 from ssmd_infra.core.errors import ConfigError, SsmdError
+from ssmd_infra.core.shard_catalog import render_catalog
 from ssmd_infra.core.streams import internal_stream_spec
 from ssmd_infra.core.subjects import internal_stream, parse_internal_subject
 from ssmd_infra.local.servers import free_port, start_nats, start_redis
@@ -482,6 +483,28 @@ async def test_new_markets_are_subscribed_intraday_and_closed_ones_dropped(setup
         await eventually(lambda: new not in setup.sim.subscribed_markets(), "closed one dropped")
         await setup.quiesce(connector)
         assert await setup.stored() == setup.sent()
+
+
+async def test_with_its_own_shard_only_the_catalog_decides_carve_outs_and_is_reread(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """In Kubernetes the pod's environment holds its own shard; the mounted shard catalog
+    (edited in place when another shard changes) takes carved-out markets away, and a new
+    catalog applies at the next refresh without a restart."""
+    own = setup.env.model_copy(update={"shards": {setup.shard: setup.env.shard(setup.shard)}})
+    carve = Shard(name="btc", selector={"tier": "1", "symbol": "BTC*"}, replicas=1)
+    carved = setup.env.model_copy(update={"shards": {**setup.env.shards, "btc": carve}})
+    catalog = tmp_path / "shards.json"
+    catalog.write_text(render_catalog(carved))
+    live = Markets({s: {"tier": "1"} for s in TIER1})
+    pod = Setup(own, setup.shard, setup.nats_url, setup.sim)
+    connector = pod.connector(symbol_source=live, refresh_interval=0.1, shards_file=catalog)
+    async with running(connector):
+        rest = set(TIER1) - {"BTCUSD"}
+        await eventually(lambda: setup.sim.subscribed_markets() == rest, "carve-out left out")
+        catalog.write_text(render_catalog(setup.env))  # the carve-out is gone again
+        await eventually(lambda: setup.sim.subscribed_markets() == set(TIER1), "catalog re-read")
+    assert connector.unresolved == 0
 
 
 # -- the command ------------------------------------------------------------------------------
