@@ -135,9 +135,9 @@ class LocalPipeline:
         self.simulator: Simulator | None = None
         self.rolls = RollRecord()
         self.events: deque[str] = deque(maxlen=EVENTS_SHOWN)
+        self.retired_restarts: dict[str, int] = {}  # per kind, of children stopped on purpose
         self.stream_messages: dict[str, int] = {}  # per stream, as last read
         self.client_count: int | None = None
-        self.stopping = False
 
     # -- start -------------------------------------------------------------------------------
 
@@ -307,6 +307,11 @@ class LocalPipeline:
     def process_restarts(self) -> dict[str, int]:
         """Restarts per kind of process, servers and simulator included."""
         out: dict[str, int] = {s.name: s.restarts.count for s in self.servers}
+        if self.simulator is not None:
+            out["simulator"] = 0
+        out.update({"connector": 0, "archiver": 0})
+        for kind, count in self.retired_restarts.items():
+            out[kind] = out.get(kind, 0) + count
         for child in self.children:
             out[child.kind] = out.get(child.kind, 0) + child.restarts.count
         return out
@@ -363,6 +368,9 @@ class LocalPipeline:
         self.supervision.forget(victims)
         await asyncio.gather(*(child.stop(timeout) for child in victims))
         self.children = [c for c in self.children if c not in victims]
+        for child in victims:
+            count = self.retired_restarts.get(child.kind, 0) + child.restarts.count
+            self.retired_restarts[child.kind] = count
         return victims
 
     async def _settle(self, timeout: float) -> None:
@@ -447,7 +455,6 @@ class LocalPipeline:
 
     async def stop(self) -> dict[str, Any]:
         """Ordered, bounded shutdown; returns the per-shard summary."""
-        self.stopping = True
         started = time.monotonic()
 
         def left() -> float:
@@ -455,19 +462,28 @@ class LocalPipeline:
 
         self.supervision.forget(self.children)  # from now on only the servers come back
         if self.simulator is not None:
+            self.console.print("stopping: the simulator pauses, the streams settle")
             await self.simulator.pause()
             await self._settle(min(SETTLE_TIMEOUT, left()))
-        figures = await self.observe()
+        figures = await self.observe()  # the connectors' counters, before they go
+        self.console.print("stopping: connectors publish what they hold")
         await self._stop_children(self._of("connector"), min(STOP_TIMEOUT, left()))
+        assert self.nats_url
+        published = await stream_counts(
+            self.nats_url, [internal_stream(s) for s in self.env.shards]
+        )
+        for name, fig in figures.items():  # what the stopped connectors had published in all
+            fig.published = published.get(internal_stream(name), fig.published)
+        self.console.print("stopping: archivers write what their streams hold")
         await self._stop_archivers(None, left())
         sim = None
         if self.simulator is not None:
             await self.simulator.stats()
             await self._stop_children([self.simulator.child], STOP_TIMEOUT)
             sim = self.simulator.totals()
-        assert self.nats_url
         counts = await stream_counts(self.nats_url, [CLIENT_STREAM])
         restarts = self.process_restarts()
+        self.console.print("stopping: servers")
         await self._stop_servers()
         archived = archive_counts(self.data_dir, self.env.feed)
         return {
