@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ssmd_infra.local import processes
-from ssmd_infra.local.restarts import Restarts
+from ssmd_infra.local.restarts import PIDS_KEPT, Restarts
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class Child:
         self.log = log
         self._env = {**base_env, **dict(spec.env)}
         self.proc: subprocess.Popen[bytes] = self._spawn(spec.args)
-        self.pids: list[int] = [self.proc.pid]  # every incarnation, for the state file
+        # the latest incarnations, for the state file
+        self.pids: deque[int] = deque([self.proc.pid], maxlen=PIDS_KEPT)
         self.restarts = Restarts()
         self.metrics: dict[str, float] = {}  # last scrape of the running incarnation
         self.carried: dict[str, float] = {}  # counters of the incarnations before it

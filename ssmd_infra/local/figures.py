@@ -86,12 +86,14 @@ async def scrape_children(children: Iterable[Child]) -> None:
             child.metrics = metrics
 
 
-async def stream_counts(nats_url: str, names: Iterable[str]) -> dict[str, int]:
-    """Messages held per stream; streams that do not exist (or a NATS that does not answer)
-    are left out."""
+async def stream_counts(
+    nats_url: str, names: Iterable[str], timeout: float = NATS_TIMEOUT
+) -> dict[str, int]:
+    """Messages held per stream; streams that do not exist (or a NATS that does not answer
+    within `timeout` to connect) are left out."""
     counts: dict[str, int] = {}
     with contextlib.suppress(SsmdError, OSError, TimeoutError):
-        async with connect(nats_url, timeout=NATS_TIMEOUT) as nc:
+        async with connect(nats_url, timeout=timeout) as nc:
             for name in names:
                 info = await stream_raw_info(nc, name)
                 if info is not None:

@@ -41,6 +41,9 @@ class Restarts:
     last_exit: int | None = None
 
 
+PIDS_KEPT = 64  # pids of the latest incarnations a process remembers (a crash loop is long)
+
+
 class Restartable(Protocol):
     """What the supervision needs from a process: is it up, start it again, its record."""
 

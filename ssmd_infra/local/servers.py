@@ -15,12 +15,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssmd_infra.core.errors import SsmdError
 from ssmd_infra.local import processes
-from ssmd_infra.local.restarts import Restarts
+from ssmd_infra.local.restarts import PIDS_KEPT, Restarts
 
 MIN_NATS_VERSION = (2, 10, 0)
 
@@ -78,7 +79,7 @@ class ServerProcess:
     workdir: Path
     args: list[str] = field(default_factory=list)
     restarts: Restarts = field(default_factory=Restarts)
-    pids: list[int] = field(default_factory=list)  # every incarnation
+    pids: deque[int] = field(default_factory=lambda: deque(maxlen=PIDS_KEPT))  # the latest
 
     def __post_init__(self) -> None:
         self.pids.append(self.proc.pid)

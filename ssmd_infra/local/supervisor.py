@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.live import Live
 
@@ -72,6 +74,7 @@ SETTLE_TIMEOUT = 10.0  # of it: until the streams hold what the paused simulator
 SETTLE_INTERVAL = 0.5
 STOP_TIMEOUT = 10.0  # SIGTERM → SIGKILL for one process
 OBSERVE_TIMEOUT = 2.0  # one refresh of the figures
+FINAL_READ_TIMEOUT = 5.0  # the summary's reads: patient, a loaded machine answers late
 TICK = 1.0
 EVENTS_SHOWN = 6  # the supervisor's latest events under the live table
 
@@ -249,9 +252,10 @@ class LocalPipeline:
                     "kind": c.kind,
                     "shard": c.shard,
                     "pid": c.proc.pid,
-                    "pids": c.pids,
+                    "pids": list(c.pids),
                     "metrics_port": c.metrics_port,
                     "restarts": c.restarts.count,
+                    "last_exit": c.restarts.last_exit,
                     "log": str(c.log.resolve()),
                 }
                 for c in self.children
@@ -260,9 +264,10 @@ class LocalPipeline:
                 {
                     "name": s.name,
                     "pid": s.proc.pid,
-                    "pids": s.pids,
+                    "pids": list(s.pids),
                     "port": s.port,
                     "restarts": s.restarts.count,
+                    "last_exit": s.restarts.last_exit,
                 }
                 for s in self.servers
             ],
@@ -405,7 +410,8 @@ class LocalPipeline:
                             info = await js.consumer_info(
                                 internal_stream(shard), f"archiver-{shard}"
                             )
-                        except Exception:  # not there yet (starting) or NATS hiccup: again
+                        except (NotFoundError, nats.errors.Error, TimeoutError):
+                            # not there yet (starting) or a NATS hiccup: ask again
                             if not pending[shard].alive:  # dead: nothing will drain it
                                 del pending[shard]
                             continue
@@ -470,7 +476,7 @@ class LocalPipeline:
         await self._stop_children(self._of("connector"), min(STOP_TIMEOUT, left()))
         assert self.nats_url
         published = await stream_counts(
-            self.nats_url, [internal_stream(s) for s in self.env.shards]
+            self.nats_url, [internal_stream(s) for s in self.env.shards], FINAL_READ_TIMEOUT
         )
         for name, fig in figures.items():  # what the stopped connectors had published in all
             fig.published = published.get(internal_stream(name), fig.published)
@@ -481,7 +487,7 @@ class LocalPipeline:
             await self.simulator.stats()
             await self._stop_children([self.simulator.child], STOP_TIMEOUT)
             sim = self.simulator.totals()
-        counts = await stream_counts(self.nats_url, [CLIENT_STREAM])
+        counts = await stream_counts(self.nats_url, [CLIENT_STREAM], FINAL_READ_TIMEOUT)
         restarts = self.process_restarts()
         self.console.print("stopping: servers")
         await self._stop_servers()

@@ -145,6 +145,25 @@ def test_a_signal_during_start_up_stops_every_process_started_so_far(
     assert not run.state_path.exists()
 
 
+def test_a_second_ctrl_c_skips_the_drain_and_still_leaves_no_process(tmp_path: Any) -> None:
+    run = LocalRun(tmp_path, "--rate", RATE).start()
+    try:
+        state = run.running()
+        run.wait_until("the exchange is sending", lambda: sim_stats(state)["generated"] >= 50)
+        run.signal(signal.SIGINT)  # the ordered stop begins (the simulator pauses first) ...
+        run.wait_until("the stop has begun", lambda: sim_stats(state)["paused"])
+        run.signal(signal.SIGINT)  # ... and the second one cuts it short
+        code, _, err = run.finish(60)
+    finally:
+        if run.proc is not None and run.proc.poll() is None:
+            run.proc.kill()
+            run.finish()
+    assert code == 128 + signal.SIGINT, err
+    assert "stopped without draining" in err
+    assert run.leftovers() == []
+    assert not run.state_path.exists()
+
+
 def test_two_runs_on_one_data_dir_within_the_dedup_window_lose_nothing(tmp_path: Any) -> None:
     """The second run reuses the first one's NATS store (same data dir), well within the
     streams' 2-minute duplicate window: its trades must not be taken for the first's."""
