@@ -59,8 +59,9 @@ def live_view(
             f"{fig.archived:,}",
         )
     merged = "?" if client_count is None else f"{client_count:,}"
-    restarts = ", ".join(f"{name} {count}" for name, count in process_restarts.items())
-    table.caption = f"ssmd-client: {merged} messages on md.{feed}.>  ·  restarts: {restarts}"
+    table.caption = (
+        f"ssmd-client: {merged} messages on md.{feed}.>  ·  {_restarts(process_restarts)}"
+    )
     return Group(table, *(Text(line, style="dim") for line in events))
 
 
@@ -94,8 +95,12 @@ def print_summary(summary: Mapping[str, Any], console: Console | None = None) ->
             f"{row['archived_lines']:,}",
         )
     console.print(table)
-    restarts = ", ".join(f"{k} {v}" for k, v in summary["process_restarts"].items())
     console.print(
         f"ssmd-client (merged md.*): {summary['client_stream_messages']:,} messages; "
-        f"archive under {summary['data_dir']}; restarts: {restarts}"
+        f"archive under {summary['data_dir']}; {_restarts(summary['process_restarts'])}"
     )
+
+
+def _restarts(per_kind: Mapping[str, int]) -> str:
+    restarted = [f"{kind} {count}" for kind, count in per_kind.items() if count]
+    return "restarts: " + ", ".join(restarted) if restarted else "no restarts"

@@ -625,6 +625,8 @@ async def run_local(
                     wait = refresh if deadline is None else min(refresh, deadline - loop.time())
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), max(0.0, wait))
+            if view is not None:
+                pipeline.console.print()  # the table stays; what follows goes under it
             return await pipeline.stop()
     finally:
         pipeline.kill_everything()

@@ -145,6 +145,26 @@ def test_a_signal_during_start_up_stops_every_process_started_so_far(
     assert not run.state_path.exists()
 
 
+def test_sigterm_mid_run_is_an_ordered_stop_that_archives_everything_sent(
+    tmp_path: Any,
+) -> None:
+    run = LocalRun(tmp_path, "--rate", RATE).start()  # no --for: only the signal ends it
+    try:
+        state = run.running()
+        run.wait_until("the exchange is sending", lambda: sim_stats(state)["generated"] >= 200)
+        run.signal(signal.SIGTERM)
+        summary = run.summary()
+    finally:
+        if run.proc is not None and run.proc.poll() is None:
+            run.proc.kill()
+            run.finish()
+    assert run.leftovers() == []
+    sent = summary["simulator"]
+    assert missing_from_archive(run.data, sent["sent_by_market"]) == {}
+    assert summary["client_stream_messages"] == sent["generated"]
+    assert set(summary["process_restarts"].values()) == {0}
+
+
 def test_a_second_ctrl_c_skips_the_drain_and_still_leaves_no_process(tmp_path: Any) -> None:
     run = LocalRun(tmp_path, "--rate", RATE).start()
     try:
