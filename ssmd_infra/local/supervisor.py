@@ -590,8 +590,8 @@ async def run_local(
     the summary. `PipelineInterrupted` when a signal came before the pipeline was up."""
     loop = asyncio.get_running_loop()
     stop, roll = asyncio.Event(), asyncio.Event()
-    try:
-        with _signals(loop, stop, roll) as received:
+    with _signals(loop, stop, roll) as received:  # also while cleaning up
+        try:
             if not await _unless_stopped(pipeline.start(), stop):
                 raise PipelineInterrupted(received[0])
             deadline = None if duration is None else loop.time() + duration
@@ -628,5 +628,5 @@ async def run_local(
             if view is not None:
                 pipeline.console.print()  # the table stays; what follows goes under it
             return await pipeline.stop()
-    finally:
-        pipeline.kill_everything()
+        finally:
+            pipeline.kill_everything()
