@@ -47,8 +47,10 @@ from rich.console import Console
 from rich.live import Live
 
 from ssmd_infra.adapters.jetstream import REQUEST_TIMEOUT, connect, reconcile_streams
+from ssmd_infra.adapters.redis_reports import check_redis_url
 from ssmd_infra.core.environment import Environment, environment_path, load_environment
 from ssmd_infra.core.errors import SsmdError
+from ssmd_infra.core.nats_url import nats_url_problem
 from ssmd_infra.core.resolution import Layout, layout_of
 from ssmd_infra.core.streams import stream_specs
 from ssmd_infra.core.subjects import CLIENT_STREAM, internal_stream
@@ -145,9 +147,14 @@ class LocalPipeline:
     # -- start -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Lock the data dir, check the exchange, start servers, exchange, shards. Each
+        """Check the URLs, lock the data dir, check the exchange, start servers, exchange,
+        shards. Each
         process is registered the moment it exists, so an interruption at any await here
         leaves nothing behind (`kill_everything`)."""
+        if self.nats_url is not None and (problem := nats_url_problem(self.nats_url)):
+            raise SsmdError(f"--nats-url: {problem}")
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url)
         self.lock.acquire()
         if self.exchange is not None:
             await probe_exchange(self.exchange)

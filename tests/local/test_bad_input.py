@@ -171,6 +171,21 @@ def test_a_wrong_scheme_in_the_environment_variable_is_refused(
     assert "KALSHI_WS_URL" in err and "expected ws:// or wss://" in err
 
 
+@pytest.mark.parametrize(
+    ("option", "url", "expected"),
+    [
+        ("--nats-url", "http://127.0.0.1:4222", "--nats-url"),
+        ("--redis-url", "http://127.0.0.1:6379", "bad Redis URL"),
+    ],
+)
+def test_a_server_url_with_the_wrong_scheme_is_refused(
+    ssmd: Ssmd, tmp_path: Path, option: str, url: str, expected: str
+) -> None:
+    code, err = up(ssmd, tmp_path, option, url)
+    assert code == 1
+    assert expected in err and url in err
+
+
 def test_an_unknown_kalshi_environment_is_refused(ssmd: Ssmd, tmp_path: Path) -> None:
     code, err = up(ssmd, tmp_path, "--kalshi", "staging")
     assert code == 1
