@@ -7,6 +7,7 @@ or PATH and must be ≥ 2.10: older servers silently ignore subject transforms.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -14,10 +15,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssmd_infra.core.errors import SsmdError
+from ssmd_infra.local import processes
+from ssmd_infra.local.restarts import PIDS_KEPT, Restarts
 
 MIN_NATS_VERSION = (2, 10, 0)
 
@@ -51,63 +55,114 @@ def nats_server_version(binary: str) -> tuple[int, int, int]:
     return int(match[1]), int(match[2]), int(match[3])
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SsmdError(f"{what} exited with code {proc.returncode} during start-up")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SsmdError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+READY_TIMEOUT = 15.0
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 @dataclass
 class ServerProcess:
-    """A server we started; `stop()` ends it (and is safe to call twice)."""
+    """A server we started, in its own process group; `stop()` ends it (safe to call twice).
+
+    `respawn()` starts it again on the same port and store directory, so a nats-server that
+    crashed comes back with everything it had stored."""
 
     name: str
     port: int
     proc: subprocess.Popen[bytes]
     workdir: Path
     args: list[str] = field(default_factory=list)
+    restarts: Restarts = field(default_factory=Restarts)
+    pids: deque[int] = field(default_factory=lambda: deque(maxlen=PIDS_KEPT))  # the latest
+
+    def __post_init__(self) -> None:
+        self.pids.append(self.proc.pid)
+
+    @classmethod
+    def launch(cls, name: str, port: int, workdir: Path, args: list[str]) -> ServerProcess:
+        """Start the process and return at once (`ready()` / `wait_ready()` wait for it)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        return cls(name, port, processes.spawn(args, workdir / f"{name}.log"), workdir, args)
 
     @property
     def url(self) -> str:
         scheme = "nats" if self.name == "nats-server" else "redis"
         return f"{scheme}://127.0.0.1:{self.port}"
 
+    @property
+    def log(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll()
+
+    def _not_ready(self, timeout: float) -> SsmdError:
+        if self.proc.poll() is not None:
+            return SsmdError(
+                f"{self.name} exited with code {self.proc.returncode} during start-up; "
+                f"its log ({self.log}) ends with:\n{processes.tail(self.log)}"
+            )
+        processes.kill_now(self.proc)
+        return SsmdError(
+            f"{self.name} did not listen on 127.0.0.1:{self.port} within {timeout:.0f}s"
+        )
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Block until the server accepts connections; a server that cannot is killed."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            if _listening(self.port):
+                return
+            time.sleep(0.05)
+        raise self._not_ready(timeout)
+
+    async def ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """`wait_ready` without blocking the event loop (signals stay responsive)."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            if await asyncio.to_thread(_listening, self.port):
+                return
+            await asyncio.sleep(0.05)
+        raise self._not_ready(timeout)
+
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        processes.stop_blocking(self.proc, timeout)
+
+    async def stop_gracefully(self, timeout: float = 10.0) -> int:
+        return await processes.stop_gracefully(self.proc, timeout)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        processes.kill_now(self.proc)
+
+    def respawn(self) -> None:
+        """Start again on the same port and data directory, without waiting."""
+        processes.kill_now(self.proc)
+        self.proc = processes.spawn(self.args, self.log)
+        self.pids.append(self.proc.pid)
 
     def restart(self) -> None:
-        """Start again on the same port and data directory (fault tests, day roll)."""
+        """Stop, start again on the same port and data directory, wait until it listens."""
         self.stop()
-        log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        _wait_port(self.port, self.proc, self.name)
+        self.respawn()
+        self.wait_ready()
 
 
-def start_nats(
-    workdir: Path, port: int | None = None, extra_config: str | None = None
-) -> ServerProcess:
-    """A JetStream-enabled nats-server ≥ 2.10 storing under `workdir`.
+def nats_args(workdir: Path, port: int, extra_config: str | None = None) -> list[str]:
+    """The command line of a JetStream-enabled nats-server ≥ 2.10 storing under `workdir`.
 
     `extra_config` is nats-server configuration text (e.g. an `authorization` block) written
     to `workdir/nats-server.conf` (mode 0600) and loaded with `-c`; the address, port and
@@ -119,28 +174,20 @@ def start_nats(
             f"{binary} is nats-server {'.'.join(map(str, version))}; ssmd needs ≥ 2.10 "
             f"(older servers silently ignore the subject transforms that merge shards)"
         )
-    port = port or free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    store = workdir / "jetstream"
-    args = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
+    args = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(workdir / "jetstream")]
     if extra_config is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "nats-server.conf"
         config.touch(mode=0o600)
         config.write_text(extra_config)
         args += ["-c", str(config)]
-    log = open(workdir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    _wait_port(port, proc, "nats-server")
-    return ServerProcess("nats-server", port, proc, workdir, args)
+    return args
 
 
-def start_redis(workdir: Path, port: int | None = None) -> ServerProcess:
-    """A throw-away redis-server (no persistence) on loopback."""
-    binary = find_binary("redis-server")
-    port = port or free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    args = [
-        binary,
+def redis_args(workdir: Path, port: int) -> list[str]:
+    """The command line of a throw-away redis-server (no persistence) on loopback."""
+    return [
+        find_binary("redis-server"),
         "--port",
         str(port),
         "--bind",
@@ -154,7 +201,34 @@ def start_redis(workdir: Path, port: int | None = None) -> ServerProcess:
         "--protected-mode",
         "yes",
     ]
-    log = open(workdir / "redis-server.log", "ab")  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    _wait_port(port, proc, "redis-server")
-    return ServerProcess("redis-server", port, proc, workdir, args)
+
+
+def launch_nats(
+    workdir: Path, port: int | None = None, extra_config: str | None = None
+) -> ServerProcess:
+    port = port or free_port()
+    return ServerProcess.launch(
+        "nats-server", port, workdir, nats_args(workdir, port, extra_config)
+    )
+
+
+def launch_redis(workdir: Path, port: int | None = None) -> ServerProcess:
+    port = port or free_port()
+    return ServerProcess.launch("redis-server", port, workdir, redis_args(workdir, port))
+
+
+def start_nats(
+    workdir: Path, port: int | None = None, extra_config: str | None = None
+) -> ServerProcess:
+    """A JetStream-enabled nats-server ≥ 2.10 storing under `workdir`, listening
+    (`extra_config`: see `nats_args`)."""
+    server = launch_nats(workdir, port, extra_config)
+    server.wait_ready()
+    return server
+
+
+def start_redis(workdir: Path, port: int | None = None) -> ServerProcess:
+    """A throw-away redis-server (no persistence) on loopback, listening."""
+    server = launch_redis(workdir, port)
+    server.wait_ready()
+    return server

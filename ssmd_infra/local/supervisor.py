@@ -1,13 +1,23 @@
-"""The local pipeline: the whole system on one machine, no cluster.
+"""The local pipeline: the whole system on one machine, no cluster, supervised.
 
 `ssmd local up [ENV]` is the second backend of the desired state (the Pulumi program is the
 first): from the same environment, resolution and stream specs it starts real `nats-server`
-and `redis-server` processes (unless URLs are given), the Kalshi simulator (unless Kalshi
-credentials are set), creates the streams with the same code the Pulumi provider uses, then
-one connector process per replica and one archiver process per shard, and shows a live table.
+and `redis-server` processes (unless URLs are given), the exchange (the Kalshi simulator,
+unless a real exchange is named: `ssmd_infra.local.exchange`), creates the streams with the
+same code the Pulumi provider uses, then one connector process per replica and one archiver
+process per shard.
 
-Shutdown is ordered so nothing is lost: the simulator stops generating, connectors drain and
-exit, archivers catch up with their streams and exit, then the servers stop.
+It then supervises them as Kubernetes would: a process that dies on its own is restarted
+with backoff (`ssmd_infra.local.restarts`), nats-server on the same port and store. Every
+call it makes to a child or a server has a timeout, so the run never hangs: `--for N` ends
+after N seconds plus a bounded drain.
+
+Stopping is ordered so that nothing is lost, and bounded so that it ends against a live
+exchange too: the simulator stops generating (a real exchange cannot: the connectors stop
+reading instead), connectors publish what they hold and wait for its acknowledgements,
+archivers write what their streams hold, then the servers stop. Ctrl-C or SIGTERM at any
+moment, start-up included, ends in the same `finally`, which kills the process group of
+every process it started; a second Ctrl-C skips the drain.
 
 A day roll (SIGHUP to the `local up` process, sent by `ssmd shard apply --target local` or
 `ssmd day roll`) re-reads the environment file, stops the connectors at the end of the "day",
@@ -23,25 +33,24 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import nats
+import nats.errors
 from nats.js.errors import NotFoundError
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
-from ssmd_infra.adapters.jetstream import reconcile_streams
+from ssmd_infra.adapters.jetstream import REQUEST_TIMEOUT, connect, reconcile_streams
+from ssmd_infra.adapters.redis_reports import check_redis_url
 from ssmd_infra.core.environment import Environment, environment_path, load_environment
 from ssmd_infra.core.errors import SsmdError
+from ssmd_infra.core.nats_url import nats_url_problem
 from ssmd_infra.core.resolution import Layout, layout_of
 from ssmd_infra.core.streams import stream_specs
 from ssmd_infra.core.subjects import CLIENT_STREAM, internal_stream
@@ -51,178 +60,160 @@ from ssmd_infra.core.workload import (
     archiver_workload,
     connector_workload,
 )
-from ssmd_infra.local.servers import ServerProcess, free_port, start_nats, start_redis
+from ssmd_infra.local import processes
+from ssmd_infra.local.children import Child, ChildSpec
+from ssmd_infra.local.dashboard import live_view
+from ssmd_infra.local.exchange import KalshiExchange, Simulator, probe_exchange
+from ssmd_infra.local.figures import (
+    ShardFigures,
+    archive_counts,
+    scrape_children,
+    shard_figures,
+    stream_counts,
+)
+from ssmd_infra.local.lock import DataDirLock
+from ssmd_infra.local.restarts import Supervision
+from ssmd_infra.local.servers import ServerProcess, free_port, launch_nats, launch_redis
 
 STATE_DIR = Path(".ssmd") / "local"
-SIMULATOR_KEY_ID = "ssmd-local-simulator"
-DRAIN_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 30.0  # the whole ordered stop, servers excepted
+SETTLE_TIMEOUT = 10.0  # of it: until the streams hold what the paused simulator sent
+SETTLE_INTERVAL = 0.5
+STOP_TIMEOUT = 10.0  # SIGTERM → SIGKILL for one process
+OBSERVE_TIMEOUT = 2.0  # one refresh of the figures
+FINAL_READ_TIMEOUT = 5.0  # the summary's reads: patient, a loaded machine answers late
+TICK = 1.0
+EVENTS_SHOWN = 6  # the supervisor's latest events under the live table
 
 
 def state_file(env_name: str) -> Path:
     return STATE_DIR / f"{env_name}.json"
 
 
-@dataclass
-class Child:
-    """A runtime process started by the pipeline."""
+class PipelineInterrupted(Exception):
+    """Ctrl-C or SIGTERM before the pipeline was up; everything started is stopped."""
 
-    kind: str  # connector | archiver | simulator
-    shard: str
-    proc: subprocess.Popen[bytes]
-    metrics_port: int
-    log: Path
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def terminate(self) -> None:
-        if self.alive:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass
-class ShardFigures:
-    shard: str
-    symbols: int
-    replicas: int
-    msg_rate: float = 0.0
-    published: int = 0  # messages in the shard's internal stream
-    forwarded: int = 0  # connector messages_total summed over replicas
-    drops: int = 0
-    gaps: int = 0
-    archived: int = 0
+class RollRecord:
+    """The day rolls so far, read back by `ssmd shard apply|rollback --target local`."""
+
+    generation: int = 0
+    attempts: int = 0
+    error: str | None = None
+    actions: list[str] = field(default_factory=list)
 
 
-@dataclass
+def _loaded(env_file: str | Path) -> tuple[Environment, Layout, bytes]:
+    env = load_environment(env_file)
+    return env, layout_of(env), Path(env_file).read_bytes()
+
+
 class LocalPipeline:
-    env_ref: str
-    data_dir: Path
-    nats_url: str | None = None
-    redis_url: str | None = None
-    rate_per_market: float = 10.0
-    console: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    """Start, supervise, roll and stop the local pipeline's processes."""
 
-    env: Environment = field(init=False)
-    layout: Layout = field(init=False)
-    servers: list[ServerProcess] = field(default_factory=list, init=False)
-    children: list[Child] = field(default_factory=list, init=False)
-    generation: int = field(default=0, init=False)
-    # outcome of the last SIGHUP, read back by `ssmd shard apply|rollback --target local`
-    roll_attempts: int = field(default=0, init=False)
-    roll_error: str | None = field(default=None, init=False)
-    roll_actions: list[str] = field(default_factory=list, init=False)
-    kalshi_ws_url: str | None = field(default=None, init=False)
-    kalshi_rest_url: str | None = field(default=None, init=False)
-    simulator: Child | None = field(default=None, init=False)
-    credentials: dict[str, str] = field(default_factory=dict, init=False)
-    _stopped: bool = field(default=False, init=False)
+    def __init__(
+        self,
+        env_ref: str,
+        data_dir: Path,
+        *,
+        nats_url: str | None = None,
+        redis_url: str | None = None,
+        rate_per_market: float = 10.0,
+        exchange: KalshiExchange | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self.env_ref = env_ref
+        self.data_dir = data_dir
+        self.nats_url = nats_url
+        self.redis_url = redis_url
+        self.rate_per_market = rate_per_market
+        self.exchange = exchange  # a real exchange, or the simulator's once it is up
+        self.console = console or Console(stderr=True, highlight=False)
+        self.env_file = environment_path(env_ref)
+        # what a refused roll goes back to
+        self.env, self.layout, self.env_text = _loaded(self.env_file)
+        self.workdir = data_dir / ".local"
+        self.lock = DataDirLock(data_dir)
+        self.servers: list[ServerProcess] = []
+        self.children: list[Child] = []
+        self.supervision = Supervision()
+        self.simulator: Simulator | None = None
+        self.rolls = RollRecord()
+        self.events: deque[str] = deque(maxlen=EVENTS_SHOWN)
+        self.retired_restarts: dict[str, int] = {}  # per kind, of children stopped on purpose
+        self.stream_messages: dict[str, int] = {}  # per stream, as last read
+        self.client_count: int | None = None
 
     # -- start -------------------------------------------------------------------------------
 
-    def _load(self) -> None:
-        self.env_file = environment_path(self.env_ref)
-        self.env = load_environment(self.env_file)
-        self.env_text = Path(self.env_file).read_bytes()  # what a refused roll goes back to
-        self.layout = layout_of(self.env)
-
     async def start(self) -> None:
-        self._load()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.workdir = self.data_dir / ".local"
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        """Check the URLs, lock the data dir, check the exchange, start servers, exchange,
+        shards. Each
+        process is registered the moment it exists, so an interruption at any await here
+        leaves nothing behind (`kill_everything`)."""
+        if self.nats_url is not None and (problem := nats_url_problem(self.nats_url)):
+            raise SsmdError(f"--nats-url: {problem}")
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url)
+        self.lock.acquire()
+        if self.exchange is not None:
+            await probe_exchange(self.exchange)
+            self.console.print(f"[bold]exchange:[/] {self.exchange.ws_url}")
         if self.nats_url is None:
-            server = start_nats(self.workdir / "nats")
-            self.servers.append(server)
-            self.nats_url = server.url
+            nats_server = self._own(launch_nats(self.workdir / "nats"))
+            await nats_server.ready()
+            self.nats_url = nats_server.url
         if self.redis_url is None:
-            server = start_redis(self.workdir / "redis")
-            self.servers.append(server)
-            self.redis_url = server.url
-        self._start_exchange()
+            redis_server = self._own(launch_redis(self.workdir / "redis"))
+            await redis_server.ready()
+            self.redis_url = redis_server.url
+        if self.exchange is None:
+            await self._start_simulator()
         await reconcile_streams(self.nats_url, stream_specs(self.env))
         self._start_shards(list(self.env.shards))
         self._write_state()
 
-    def _start_exchange(self) -> None:
-        key_id = os.environ.get("KALSHI_API_KEY_ID")
-        key_path = os.environ.get("KALSHI_PRIVATE_KEY_PATH")
-        if key_id and key_path:
-            self.kalshi_ws_url = os.environ.get(
-                "KALSHI_WS_URL", "wss://api.elections.kalshi.com/trade-api/ws/v2"
-            )
-            self.kalshi_rest_url = os.environ.get(
-                "KALSHI_REST_URL", "https://api.elections.kalshi.com/trade-api/v2"
-            )
-            self.credentials = {"KALSHI_API_KEY_ID": key_id, "KALSHI_PRIVATE_KEY_PATH": key_path}
-            self.console.print("[bold]Kalshi credentials set: connecting to Kalshi itself[/]")
-            return
-        key_dir = self.workdir / "simulator-keys"
-        port = free_port()
-        self.simulator = self._spawn(
-            "simulator",
-            "-",
-            [
-                sys.executable,
-                "-m",
-                RUNTIME_MODULE,
-                "simulator",
-                str(self.env_file),
-                "--port",
-                str(port),
-                "--rate",
-                str(self.rate_per_market),
-                "--key-dir",
-                str(key_dir),
-            ],
-            metrics_port=port,
-        )
-        self.credentials = {
-            "KALSHI_API_KEY_ID": SIMULATOR_KEY_ID,
-            "KALSHI_PRIVATE_KEY_PATH": str(key_dir / "kalshi-private.pem"),
-        }
-        self.kalshi_ws_url = f"ws://127.0.0.1:{port}/trade-api/ws/v2"
-        self.kalshi_rest_url = f"http://127.0.0.1:{port}/trade-api/v2"
-        _wait_http(f"http://127.0.0.1:{port}/_sim/stats", self.simulator)
+    def _own(self, server: ServerProcess) -> ServerProcess:
+        self.servers.append(server)
+        self.supervision.watch(server)
+        return server
 
-    def _spawn(
-        self,
-        kind: str,
-        shard: str,
-        command: list[str],
-        metrics_port: int,
-        extra_env: dict[str, str] | None = None,
-    ) -> Child:
-        logs = self.workdir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        suffix = f"-{shard}" if shard != "-" else ""
-        index = sum(1 for c in self.children if c.kind == kind and c.shard == shard)
-        log = logs / f"{kind}{suffix}-{index}.log"
-        env = {**os.environ, **(extra_env or {})}
-        with open(log, "ab") as handle:
-            proc = subprocess.Popen(
-                command,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        child = Child(kind, shard, proc, metrics_port, log)
+    def _spawn(self, spec: ChildSpec) -> Child:
+        suffix = f"-{spec.shard}" if spec.shard != "-" else ""
+        index = sum(1 for c in self.children if c.kind == spec.kind and c.shard == spec.shard)
+        log = self.workdir / "logs" / f"{spec.kind}{suffix}-{index}.log"
+        child = Child(spec, log, os.environ)
         self.children.append(child)
+        self.supervision.watch(child)
         return child
 
+    async def _start_simulator(self) -> None:
+        port = free_port()
+        key_dir = self.workdir / "simulator-keys"
+        common = ("simulator", str(self.env_file), "--port", str(port))
+        rate = ("--rate", str(self.rate_per_market))
+        spec = ChildSpec(
+            "simulator",
+            "-",
+            (*common, *rate, "--key-dir", str(key_dir)),
+            port,
+            # a restart keeps the key pair the connectors sign with (and the port)
+            restart_args=(*common, *rate, "--public-key", str(key_dir / "kalshi-public.pem")),
+        )
+        self.simulator = Simulator(self._spawn(spec), port, key_dir)
+        await self.simulator.ready()
+        self.exchange = self.simulator.exchange
+
     def _start_shards(self, shards: list[str], env_file_override: Path | None = None) -> None:
-        assert self.nats_url and self.redis_url and self.kalshi_ws_url and self.kalshi_rest_url
+        assert self.nats_url and self.redis_url and self.exchange
         env_file = str(env_file_override or self.env_file)
         endpoints = Endpoints(nats_url=self.nats_url, redis_url=self.redis_url)
+        credentials = self.exchange.credentials()
         for name in shards:
             shard = self.env.shards[name]
             for _ in range(shard.replicas):
@@ -232,22 +223,24 @@ class LocalPipeline:
                     name,
                     endpoints,
                     metrics_port=port,
-                    kalshi_ws_url=self.kalshi_ws_url,
-                    kalshi_rest_url=self.kalshi_rest_url,
+                    kalshi_ws_url=self.exchange.ws_url,
+                    kalshi_rest_url=self.exchange.rest_url,
                 )
-                self._spawn(
-                    "connector",
-                    name,
-                    spec.command(sys.executable),
-                    port,
-                    {**spec.env, **self.credentials},
-                )
-            if not any(c.kind == "archiver" and c.shard == name and c.alive for c in self.children):
+                env = tuple({**spec.env, **credentials}.items())
+                self._spawn(ChildSpec("connector", name, tuple(spec.args), port, env))
+            if not self._of("archiver", {name}):
                 port = free_port()
                 spec = archiver_workload(
                     env_file, name, endpoints, metrics_port=port, data_dir=str(self.data_dir)
                 )
-                self._spawn("archiver", name, spec.command(sys.executable), port, spec.env)
+                self._spawn(
+                    ChildSpec("archiver", name, tuple(spec.args), port, tuple(spec.env.items()))
+                )
+
+    def _of(self, kind: str, shards: set[str] | None = None) -> list[Child]:
+        return [
+            c for c in self.children if c.kind == kind and (shards is None or c.shard in shards)
+        ]
 
     def _write_state(self) -> None:
         path = state_file(self.env.name)
@@ -259,129 +252,117 @@ class LocalPipeline:
             "nats_url": self.nats_url,
             "redis_url": self.redis_url,
             "data_dir": str(self.data_dir.resolve()),
-            "generation": self.generation,
+            "generation": self.rolls.generation,
             "rolled_at": time.time(),
             "shards": list(self.env.shards),
-            "roll_attempts": self.roll_attempts,
-            "roll_error": self.roll_error,
-            "roll_actions": self.roll_actions,
+            "roll_attempts": self.rolls.attempts,
+            "roll_error": self.rolls.error,
+            "roll_actions": self.rolls.actions,
+            # what runs now, for operators and the fault tests: every pid is a process group
+            "exchange": {"rest_url": self.exchange.rest_url, "ws_url": self.exchange.ws_url}
+            if self.exchange
+            else None,
+            "children": [
+                {
+                    "kind": c.kind,
+                    "shard": c.shard,
+                    "pid": c.proc.pid,
+                    "pids": list(c.pids),
+                    "metrics_port": c.metrics_port,
+                    "restarts": c.restarts.count,
+                    "last_exit": c.restarts.last_exit,
+                    "log": str(c.log.resolve()),
+                }
+                for c in self.children
+            ],
+            "servers": [
+                {
+                    "name": s.name,
+                    "pid": s.proc.pid,
+                    "pids": list(s.pids),
+                    "port": s.port,
+                    "restarts": s.restarts.count,
+                    "last_exit": s.restarts.last_exit,
+                }
+                for s in self.servers
+            ],
         }
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(path)
 
-    # -- observe -----------------------------------------------------------------------------
+    # -- supervise and observe ---------------------------------------------------------------
 
-    async def figures(self) -> dict[str, ShardFigures]:
-        """Per-shard figures from the children's /metrics and the streams' state."""
-        out = {
-            name: ShardFigures(name, len(self.layout.symbols_of(name)), 0)
-            for name in self.env.shards
-        }
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
-            scraped = await asyncio.gather(
-                *(_scrape(http, c) for c in self.children if c.kind != "simulator" and c.alive)
-            )
-        for child, metrics in scraped:
-            fig = out.get(child.shard)
-            if fig is None:
-                continue
-            if child.kind == "connector":
-                fig.replicas += 1
-                fig.msg_rate += metrics.get("ssmd_connector_message_rate", 0.0)
-                fig.forwarded += int(metrics.get("ssmd_connector_messages_total", 0.0))
-                fig.drops += int(metrics.get("ssmd_connector_dropped_total", 0.0))
-                fig.gaps += int(metrics.get("ssmd_connector_sequence_gaps_total", 0.0))
-            elif child.kind == "archiver":
-                fig.archived += int(metrics.get("ssmd_archiver_messages_total", 0.0))
-        counts = await self.stream_counts()
-        for name, fig in out.items():
-            fig.published = counts.get(internal_stream(name), 0)
-        return out
+    def supervise(self) -> None:
+        """Restart what died on its own; tell the operator."""
+        events = self.supervision.check()
+        for event in events:
+            self.events.append(event)
+            self.console.print(f"[yellow]{event}[/]")
+        if events:
+            self._write_state()
 
-    async def stream_counts(self) -> dict[str, int]:
+    async def observe(self) -> dict[str, ShardFigures]:
+        """Refresh the figures: /metrics of the children, the simulator's counts, the
+        streams. Bounded: what does not answer in time keeps its last value."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._scrape(), OBSERVE_TIMEOUT)
+        return self.figures()
+
+    async def _scrape(self) -> None:
         assert self.nats_url
-        counts: dict[str, int] = {}
-        with contextlib.suppress(Exception):
-            nc = await nats.connect(self.nats_url, connect_timeout=1, max_reconnect_attempts=0)
-            try:
-                js = nc.jetstream()
-                for name in [*(internal_stream(s) for s in self.env.shards), CLIENT_STREAM]:
-                    try:
-                        info = await js.stream_info(name)
-                    except NotFoundError:
-                        continue
-                    counts[name] = int(info.state.messages)
-            finally:
-                await nc.close()
-        return counts
+        names = [*(internal_stream(s) for s in self.env.shards), CLIENT_STREAM]
+        counts, *_ = await asyncio.gather(
+            stream_counts(self.nats_url, names),
+            scrape_children(self.children),
+            self.simulator.stats() if self.simulator and self.simulator.child.alive else _none(),
+        )
+        if counts:
+            self.stream_messages = counts
+            self.client_count = counts.get(CLIENT_STREAM)
 
-    def table(self, figures: dict[str, ShardFigures], client_count: int) -> Table:
-        table = Table(title=f"ssmd local — {self.env.name} (roll {self.generation})")
-        for col in (
-            "SHARD",
-            "SYMBOLS",
-            "REPLICAS",
-            "MSG/S",
-            "PUBLISHED",
-            "DROPS",
-            "GAPS",
-            "ARCHIVED",
-        ):
-            table.add_column(col, justify="left" if col == "SHARD" else "right")
-        for fig in figures.values():
-            table.add_row(
-                fig.shard,
-                str(fig.symbols),
-                str(fig.replicas),
-                f"{fig.msg_rate:,.0f}",
-                f"{fig.published:,}",
-                f"{fig.drops:,}",
-                f"{fig.gaps:,}",
-                f"{fig.archived:,}",
-            )
-        table.caption = f"{CLIENT_STREAM}: {client_count:,} messages on md.{self.env.feed}.>"
-        return table
+    def figures(self) -> dict[str, ShardFigures]:
+        return shard_figures(self.env.shards, self.layout, self.children, self.stream_messages)
 
-    def check_children(self) -> None:
-        """A runtime process that died on its own is an error the operator must see."""
+    def process_restarts(self) -> dict[str, int]:
+        """Restarts per kind of process, servers and simulator included."""
+        out: dict[str, int] = {s.name: s.restarts.count for s in self.servers}
+        if self.simulator is not None:
+            out["simulator"] = 0
+        out.update({"connector": 0, "archiver": 0})
+        for kind, count in self.retired_restarts.items():
+            out[kind] = out.get(kind, 0) + count
         for child in self.children:
-            code = child.proc.poll()
-            if code is not None and code != 0 and not self._stopped:
-                tail = _tail(child.log)
-                raise SsmdError(
-                    f"{child.kind} {child.shard} exited with code {code}; its log "
-                    f"({child.log}) ends with:\n{tail}"
-                )
+            out[child.kind] = out.get(child.kind, 0) + child.restarts.count
+        return out
 
     # -- day roll ----------------------------------------------------------------------------
 
     async def roll(self) -> None:
         """End the day, apply the environment file now on disk, start the next day.
 
-        The outcome (`roll_attempts`, `roll_error`, `roll_actions`) goes to the state file for
-        the command that sent the SIGHUP. A refused roll leaves yesterday's layout running.
+        The outcome goes to the state file for the command that sent the SIGHUP. A refused
+        roll leaves yesterday's layout running.
         """
-        self.roll_attempts += 1
+        self.rolls.attempts += 1
         old_shards = set(self.env.shards)
-        old_env, old_layout, old_text = self.env, self.layout, self.env_text
+        old = self.env, self.layout, self.env_text
         try:
-            self._load()
+            self.env, self.layout, self.env_text = _loaded(self.env_file)
         except SsmdError as exc:
-            self.env, self.layout, self.env_text = old_env, old_layout, old_text
             self.console.print(f"[bold red]day roll refused:[/] {exc}")
             self._roll_outcome(str(exc), [])
             return
-        self.console.print(f"[bold]day roll {self.generation + 1}:[/] stopping connectors")
+        self.console.print(f"[bold]day roll {self.rolls.generation + 1}:[/] stopping connectors")
         # on SIGTERM each connector drains its buffer and waits for its acknowledgements
-        await self._stop_kind("connector", drain=False)
+        await self._stop_children(self._of("connector"), DRAIN_TIMEOUT)
         assert self.nats_url
         try:
             actions = await reconcile_streams(self.nats_url, stream_specs(self.env))
         except SsmdError as exc:  # refused before any change: restart yesterday's layout
-            self.env, self.layout, self.env_text = old_env, old_layout, old_text
+            self.env, self.layout, self.env_text = old
             previous = self.workdir / "environment-before-refused-roll.yaml"
-            previous.write_bytes(old_text)
+            previous.write_bytes(self.env_text)
             self._start_shards(list(self.env.shards), previous)
             self.console.print(f"[bold red]day roll refused:[/] {exc}")
             self._roll_outcome(str(exc), [])
@@ -392,84 +373,78 @@ class LocalPipeline:
         if removed:
             await self._stop_archivers(removed)
         self._start_shards(list(self.env.shards))
-        self.generation += 1
+        self.rolls.generation += 1
         self._roll_outcome(None, actions)
 
     def _roll_outcome(self, error: str | None, actions: list[str]) -> None:
-        self.roll_error = error
-        self.roll_actions = list(actions)
+        self.rolls.error = error
+        self.rolls.actions = list(actions)
         self._write_state()
 
     # -- stop --------------------------------------------------------------------------------
 
-    async def _stop_kind(self, kind: str, *, drain: bool) -> None:
-        if drain and kind == "connector":
-            await self._wait_connectors_drained()
-        victims = [c for c in self.children if c.kind == kind and c.alive]
-        for child in victims:
-            child.terminate()
-        for child in victims:
-            await asyncio.to_thread(child.wait, DRAIN_TIMEOUT)
+    async def _stop_children(self, victims: list[Child], timeout: float) -> list[Child]:
+        """SIGTERM them together, SIGKILL what is left after `timeout`; no restarts."""
+        self.supervision.forget(victims)
+        await asyncio.gather(*(child.stop(timeout) for child in victims))
         self.children = [c for c in self.children if c not in victims]
+        for child in victims:
+            count = self.retired_restarts.get(child.kind, 0) + child.restarts.count
+            self.retired_restarts[child.kind] = count
+        return victims
 
-    async def _wait_connectors_drained(self) -> None:
-        """Until the internal streams stop growing (buffers flushed, publishes acknowledged)."""
-        deadline = time.monotonic() + DRAIN_TIMEOUT
+    async def _settle(self, timeout: float) -> None:
+        """Until the internal streams stop growing: the paused simulator's last frames are
+        published and acknowledged (only used with the simulator, which can be paused)."""
+        assert self.nats_url
+        names = [internal_stream(s) for s in self.env.shards]
+        deadline = time.monotonic() + timeout
         last: dict[str, int] | None = None
         while time.monotonic() < deadline:
-            counts = await self.stream_counts()
-            if counts == last:
+            self.supervise()  # the servers stay supervised while draining
+            counts = await stream_counts(self.nats_url, names)
+            if counts and counts == last:
                 return
             last = counts
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(SETTLE_INTERVAL)
 
-    async def _stop_archivers(self, shards: set[str] | None = None) -> None:
-        """Stop archivers once their consumers have nothing pending."""
+    async def _stop_archivers(self, shards: set[str] | None = None, timeout: float = 0.0) -> None:
+        """Stop archivers once their consumers have nothing pending (within `timeout`,
+        default `DRAIN_TIMEOUT`), then finish the files of any that had to be killed."""
         assert self.nats_url
-        targets = [
-            c
-            for c in self.children
-            if c.kind == "archiver" and c.alive and (shards is None or c.shard in shards)
-        ]
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        with contextlib.suppress(Exception):
-            nc = await nats.connect(self.nats_url, connect_timeout=1, max_reconnect_attempts=0)
-            try:
-                js = nc.jetstream()
-                by_shard = {c.shard: c for c in targets}
-                pending = set(by_shard)
-                while pending and time.monotonic() < deadline:
+        targets = [c for c in self._of("archiver", shards) if c.alive]
+        deadline = time.monotonic() + (timeout or DRAIN_TIMEOUT)
+        pending = {c.shard: c for c in targets}
+        while pending and time.monotonic() < deadline:
+            self.supervise()
+            with contextlib.suppress(SsmdError, OSError, TimeoutError):
+                async with connect(self.nats_url, timeout=1.0) as nc:
+                    js = nc.jetstream(timeout=REQUEST_TIMEOUT)
                     for shard in sorted(pending):
                         try:
                             info = await js.consumer_info(
                                 internal_stream(shard), f"archiver-{shard}"
                             )
-                        except NotFoundError:  # still starting: wait; dead: nothing to drain
-                            if not by_shard[shard].alive:
-                                pending.discard(shard)
+                        except (NotFoundError, nats.errors.Error, TimeoutError):
+                            # not there yet (starting) or a NATS hiccup: ask again
+                            if not pending[shard].alive:  # dead: nothing will drain it
+                                del pending[shard]
                             continue
                         if info.num_pending == 0 and info.num_ack_pending == 0:
-                            pending.discard(shard)
-                    if pending:
-                        await asyncio.sleep(0.5)
-            finally:
-                await nc.close()
-        for child in targets:
-            child.terminate()
-        for child in targets:
-            await asyncio.to_thread(child.wait, DRAIN_TIMEOUT)
-        self.children = [c for c in self.children if c not in targets]
-        await self._finalize_archives(sorted({c.shard for c in targets if c.proc.returncode}))
+                            del pending[shard]
+            if pending:
+                await asyncio.sleep(0.5)
+        stopped = await self._stop_children(targets, STOP_TIMEOUT)
+        await self._finalize_archives(sorted({c.shard for c in stopped if c.proc.returncode}))
 
     async def _finalize_archives(self, shards: list[str]) -> None:
-        """An archiver that did not exit cleanly (killed after DRAIN_TIMEOUT) left its open
-        files as `.part`: finish them as its next start would, since a shard removed at a roll
-        never starts again. Only for stopped shards: no archiver of theirs is running."""
+        """An archiver that did not exit cleanly (killed after its timeout) left its open
+        files as `.part`: finish them as its next start would, since the run (or, at a roll,
+        the shard) is over. Only for stopped shards: no archiver of theirs is running."""
         for shard in shards:
             recovery = [
-                "run",
                 "archiver",
-                self.env_ref,
+                str(self.env_file),
                 shard,
                 "--data-dir",
                 str(self.data_dir),
@@ -478,12 +453,17 @@ class LocalPipeline:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "ssmd_infra",
+                RUNTIME_MODULE,
                 *recovery,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )
-            output, _ = await proc.communicate()
+            try:
+                output, _ = await asyncio.wait_for(proc.communicate(), STOP_TIMEOUT)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                output = b"(recovery did not finish in time)"
             text = output.decode(errors="replace").strip().splitlines()
             last = text[-1] if text else ""
             if proc.returncode:
@@ -491,57 +471,48 @@ class LocalPipeline:
                     f"archiver {shard}: its open files stay .part: {last}", markup=False
                 )
                 continue
-            self.console.print(
-                f"archiver {shard} did not stop cleanly: {last}",
-                markup=False,
-            )
-
-    async def quiesce_exchange(self) -> None:
-        """Stop the simulator generating, so the rest can drain to a fixed total."""
-        if self.simulator is not None and self.simulator.alive:
-            url = f"http://127.0.0.1:{self.simulator.metrics_port}/_sim/rate?per_market=0"
-            with contextlib.suppress(Exception):
-                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-                    await (await http.post(url)).read()
-
-    async def simulator_stats(self) -> dict[str, Any]:
-        if self.simulator is None or not self.simulator.alive:
-            return {}
-        url = f"http://127.0.0.1:{self.simulator.metrics_port}/_sim/stats"
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-                response = await http.get(url)
-                data: dict[str, Any] = await response.json()
-                return data
-        except Exception:  # the summary says "unknown" rather than failing the shutdown
-            return {}
+            self.console.print(f"archiver {shard} did not stop cleanly: {last}", markup=False)
 
     async def stop(self) -> dict[str, Any]:
-        """Ordered shutdown; returns the per-shard summary."""
-        self._stopped = True
-        await self.quiesce_exchange()
-        await self._wait_connectors_drained()
-        figures = await self.figures()
-        await self._stop_kind("connector", drain=False)
-        await self._stop_archivers()
-        sim = await self.simulator_stats()
-        counts = await self.stream_counts()
-        for child in self.children:
-            child.terminate()
-        for child in self.children:
-            await asyncio.to_thread(child.wait, 10.0)
-        self.children.clear()
-        for server in reversed(self.servers):
-            server.stop()
-        with contextlib.suppress(FileNotFoundError):
-            state_file(self.env.name).unlink()
+        """Ordered, bounded shutdown; returns the per-shard summary."""
+        started = time.monotonic()
+
+        def left() -> float:
+            return max(1.0, DRAIN_TIMEOUT - (time.monotonic() - started))
+
+        self.supervision.forget(self.children)  # from now on only the servers come back
+        if self.simulator is not None:
+            self.console.print("stopping: the simulator pauses, the streams settle")
+            await self.simulator.pause()
+            await self._settle(min(SETTLE_TIMEOUT, left()))
+        figures = await self.observe()  # the connectors' counters, before they go
+        self.console.print("stopping: connectors publish what they hold")
+        await self._stop_children(self._of("connector"), min(STOP_TIMEOUT, left()))
+        assert self.nats_url
+        published = await stream_counts(
+            self.nats_url, [internal_stream(s) for s in self.env.shards], FINAL_READ_TIMEOUT
+        )
+        for name, fig in figures.items():  # what the stopped connectors had published in all
+            fig.published = published.get(internal_stream(name), fig.published)
+        self.console.print("stopping: archivers write what their streams hold")
+        await self._stop_archivers(None, left())
+        sim = None
+        if self.simulator is not None:
+            await self.simulator.stats()
+            await self._stop_children([self.simulator.child], STOP_TIMEOUT)
+            sim = self.simulator.totals()
+        counts = await stream_counts(self.nats_url, [CLIENT_STREAM], FINAL_READ_TIMEOUT)
+        restarts = self.process_restarts()
+        self.console.print("stopping: servers")
+        await self._stop_servers()
         archived = archive_counts(self.data_dir, self.env.feed)
         return {
             "env": self.env.name,
             "data_dir": str(self.data_dir),
-            "rolls": self.generation,
+            "rolls": self.rolls.generation,
             "client_stream_messages": counts.get(CLIENT_STREAM, 0),
             "simulator": sim,
+            "process_restarts": restarts,
             "shards": [
                 {
                     "shard": f.shard,
@@ -550,114 +521,126 @@ class LocalPipeline:
                     "forwarded": f.forwarded,
                     "drops": f.drops,
                     "gaps": f.gaps,
+                    "duplicates": f.duplicates,
+                    "reconnects": f.reconnects,
+                    "nats_reconnects": f.nats_reconnects,
+                    "restarts": f.restarts,
                     "archived_lines": archived.get(f.shard, 0),
                 }
                 for f in figures.values()
             ],
         }
 
+    async def _stop_servers(self) -> None:
+        self.supervision.forget(self.servers)
+        for server in reversed(self.servers):
+            await server.stop_gracefully(STOP_TIMEOUT)
 
-def archive_counts(data_dir: Path, feed: str) -> dict[str, int]:
-    """Lines in the final archive files per shard: proves the archive is readable."""
-    import gzip
-
-    counts: dict[str, int] = {}
-    root = data_dir / feed
-    if not root.is_dir():
-        return counts
-    for path in root.glob("*/*/*/*.jsonl.gz"):
-        shard = path.parent.parent.name
-        with gzip.open(path, "rb") as handle:
-            counts[shard] = counts.get(shard, 0) + sum(1 for _ in handle)
-    return counts
-
-
-async def _scrape(http: aiohttp.ClientSession, child: Child) -> tuple[Child, dict[str, float]]:
-    totals: dict[str, float] = {}
-    try:
-        async with http.get(f"http://127.0.0.1:{child.metrics_port}/metrics") as response:
-            text = await response.text()
-    except (TimeoutError, aiohttp.ClientError):
-        return child, totals
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.endswith("_created"):
-                continue
-            totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
-    return child, totals
+    def kill_everything(self) -> None:
+        """The last word, in `finally`: no process this pipeline started survives it, whatever
+        happened before (an error, a signal during start-up, a second Ctrl-C)."""
+        self.supervision.forget([*self.children, *self.servers])
+        processes.stop_all_blocking(
+            [c.proc for c in self.children] + [s.proc for s in self.servers], STOP_TIMEOUT
+        )
+        self.children.clear()
+        with contextlib.suppress(OSError):
+            state_file(self.env.name).unlink(missing_ok=True)
+        self.lock.release()
 
 
-def _wait_http(url: str, child: Child, timeout: float = 20.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not child.alive:
-            raise SsmdError(
-                f"{child.kind} exited during start-up; log {child.log}:\n{_tail(child.log)}"
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SsmdError(f"{child.kind} did not answer on {url} within {timeout:.0f}s")
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+async def _none() -> None:
+    return None
 
 
 @contextlib.contextmanager
 def _signals(
     loop: asyncio.AbstractEventLoop, stop: asyncio.Event, roll: asyncio.Event
-) -> Iterator[None]:
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+) -> Iterator[list[int]]:
+    """SIGINT/SIGTERM set `stop` (a second one cancels the running task: no more draining),
+    SIGHUP sets `roll`. Yields the stop signals received."""
+    received: list[int] = []
+    main = asyncio.current_task()
+
+    def on_stop(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            stop.set()
+        elif main is not None:
+            main.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_stop, signum)
     loop.add_signal_handler(signal.SIGHUP, roll.set)
     try:
-        yield
+        yield received
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+
+async def _unless_stopped(step: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run `step`; False (and `step` cancelled) when `stop` is set first."""
+    task = asyncio.ensure_future(step)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    if task.cancelled():
+        return False
+    task.result()  # its error, if any
+    return True
 
 
 async def run_local(
-    pipeline: LocalPipeline, duration: float | None, *, live: bool, refresh: float = 1.0
+    pipeline: LocalPipeline, duration: float | None, *, live: bool, refresh: float = TICK
 ) -> dict[str, Any]:
-    """Start, show the live table until `duration` or a signal, stop; returns the summary."""
+    """Start, supervise and show the live table until `duration` or a signal, stop; returns
+    the summary. `PipelineInterrupted` when a signal came before the pipeline was up."""
     loop = asyncio.get_running_loop()
     stop, roll = asyncio.Event(), asyncio.Event()
-    try:
-        await pipeline.start()
-        deadline = None if duration is None else time.monotonic() + duration
-        with (
-            _signals(loop, stop, roll),
-            Live(console=pipeline.console, auto_refresh=False, transient=False) as view,
-        ):
-            while not stop.is_set():
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                if roll.is_set():
-                    roll.clear()
-                    await pipeline.roll()
-                pipeline.check_children()
-                if live:
-                    figures = await pipeline.figures()
-                    counts = await pipeline.stream_counts()
-                    view.update(pipeline.table(figures, counts.get(CLIENT_STREAM, 0)), refresh=True)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), refresh)
-    except BaseException:
-        pipeline._stopped = True
-        for child in pipeline.children:
-            child.terminate()
-        for child in pipeline.children:
-            child.wait(10.0)
-        for server in pipeline.servers:
-            server.stop()
-        raise
-    return await pipeline.stop()
+    with _signals(loop, stop, roll) as received:  # also while cleaning up
+        try:
+            if not await _unless_stopped(pipeline.start(), stop):
+                raise PipelineInterrupted(received[0])
+            deadline = None if duration is None else loop.time() + duration
+            view = (
+                Live(console=pipeline.console, auto_refresh=False, transient=False)
+                if live
+                else None
+            )
+            with view or contextlib.nullcontext():
+                while not stop.is_set():
+                    if deadline is not None and loop.time() >= deadline:
+                        break
+                    if roll.is_set():
+                        roll.clear()
+                        await pipeline.roll()
+                    pipeline.supervise()
+                    figures = await pipeline.observe()
+                    if view is not None:
+                        view.update(
+                            live_view(
+                                pipeline.env.name,
+                                pipeline.rolls.generation,
+                                figures,
+                                pipeline.client_count,
+                                pipeline.env.feed,
+                                pipeline.process_restarts(),
+                                pipeline.events,
+                            ),
+                            refresh=True,
+                        )
+                    wait = refresh if deadline is None else min(refresh, deadline - loop.time())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), max(0.0, wait))
+            if view is not None:
+                pipeline.console.print()  # the table stays; what follows goes under it
+            return await pipeline.stop()
+        finally:
+            pipeline.kill_everything()

@@ -31,14 +31,15 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ssmd_infra.core.errors import ConfigError, Problem
+from ssmd_infra.core.kalshi import KALSHI_PROD, private_key_problem
 from ssmd_infra.core.nats_url import nats_url_problem, redact_url
 from ssmd_infra.core.quantity import canonical_quantity
 
 PREFIX = "ssmd"
 DEFAULT_NAMESPACE = "ssmd"
 DEFAULT_METRICS_PORT = 9100
-DEFAULT_KALSHI_WS_URL = "wss://api.elections.kalshi.com/trade-api/ws/v2"
-DEFAULT_KALSHI_REST_URL = "https://api.elections.kalshi.com/trade-api/v2"
+DEFAULT_KALSHI_WS_URL = KALSHI_PROD.ws_url
+DEFAULT_KALSHI_REST_URL = KALSHI_PROD.rest_url
 PRIVATE_KEY = "kalshiPrivateKey"
 NATS_ADMIN_URL = "natsAdminUrl"
 NATS_URL = "natsUrl"
@@ -280,16 +281,10 @@ def _redis_url_problem(url: str) -> str | None:
 
 def _private_key_problem(pem: str) -> str | None:
     """Why `pem` is not a usable Kalshi key; never echoes any of its text."""
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    try:
-        key = load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError):
-        return f"is not an unencrypted PEM private key; set it with {_SET_SECRET}"
-    if not isinstance(key, rsa.RSAPrivateKey):
-        return "must be an RSA private key (Kalshi signs requests with RSA-PSS)"
-    return None
+    why = private_key_problem(pem.encode())
+    if why == "is not an unencrypted PEM private key":
+        return f"{why}; set it with {_SET_SECRET}"
+    return why
 
 
 def _key_lines(file: str, directory: Path | None) -> dict[str, int]:

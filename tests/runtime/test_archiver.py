@@ -881,14 +881,17 @@ async def test_an_archiver_the_local_pipeline_kills_has_its_part_files_finalised
     is killed by `ssmd local up`, leaving `.part` files; for a shard removed at a roll no
     archiver starts again, so the pipeline finalises them itself."""
     from ssmd_infra.local import supervisor as local
+    from ssmd_infra.local.children import Child, ChildSpec
 
     await shard.publish(300)
     shard.data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = shard.data.parent / "archiver.log"
-    proc = _start(shard.command("--metrics-port", str(port), "--batch-size", "50"), log)
+    args = shard.command("--metrics-port", str(port), "--batch-size", "50")[3:]  # after `ssmd`
+    child = Child(ChildSpec("archiver", shard.name, tuple(args), port), log, os.environ)
+    proc = child.proc
     pipeline = local.LocalPipeline(str(shard.env_file), shard.data, nats_url=shard.nats_url)
-    pipeline.children.append(local.Child("archiver", shard.name, proc, port, log))
+    pipeline.children.append(child)
     try:
         await eventually(lambda: _await_floor(shard, 300), "acked", timeout=STOP_TIMEOUT)
         assert shard.parts(), "rotation is an hour: its files are open"

@@ -7,6 +7,7 @@ and event, plus optional synthetic markets. Runs until SIGINT/SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..auth import generate_key_pair
 from .exchange import KalshiSimulator
 
 
-async def _serve(simulator: KalshiSimulator) -> None:
+async def _serve(simulator: KalshiSimulator, seed: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -27,7 +28,7 @@ async def _serve(simulator: KalshiSimulator) -> None:
     await simulator.start()
     print(
         f"kalshi simulator: {len(simulator.markets)} markets, "
-        f"{simulator.rate_per_market:g} msg/s per subscribed market",
+        f"{simulator.rate_per_market:g} msg/s per subscribed market, seed {seed}",
         flush=True,
     )
     print(f"ws_url: {simulator.ws_url}", flush=True)
@@ -55,7 +56,12 @@ def simulator_command(
         "and check signatures against its public half; instead of --public-key",
     ),
     synthetic: int = typer.Option(0, "--synthetic", help="extra synthetic markets"),
-    seed: int = typer.Option(0, "--seed", help="random seed for generated data"),
+    seed: int | None = typer.Option(
+        None,
+        "--seed",
+        help="random seed for generated data (default: a fresh one per run, so that trade "
+        "ids never repeat those of an earlier run within the streams' dedup window)",
+    ),
 ) -> None:
     """Serve a simulated Kalshi WebSocket v2 + REST API for ENV's symbols."""
     environment = load_environment(env)
@@ -72,6 +78,8 @@ def simulator_command(
             pem = public_key.read_bytes()
         except OSError as exc:
             raise SsmdError(f"cannot read --public-key {public_key}: {exc.strerror}") from None
+    if seed is None:
+        seed = secrets.randbits(63)
     simulator = KalshiSimulator(
         environment.symbols,
         rate_per_market=rate,
@@ -81,4 +89,4 @@ def simulator_command(
         seed=seed,
         synthetic_markets=synthetic,
     )
-    asyncio.run(_serve(simulator))
+    asyncio.run(_serve(simulator, seed))
