@@ -104,8 +104,10 @@ class ServerProcess:
         _wait_port(self.port, self.proc, self.name)
 
 
-def start_nats(workdir: Path, port: int | None = None) -> ServerProcess:
-    """A JetStream-enabled nats-server ≥ 2.10 storing under `workdir`."""
+def start_nats(workdir: Path, port: int | None = None, config: str | None = None) -> ServerProcess:
+    """A JetStream-enabled nats-server ≥ 2.10 storing under `workdir`. `config`: extra
+    nats-server configuration (e.g. a `tls {}` or `authorization {}` block), written to
+    `workdir/nats-server.conf`; the listen address, port and store stay as given here."""
     binary = find_binary("nats-server")
     version = nats_server_version(binary)
     if version < MIN_NATS_VERSION:
@@ -117,6 +119,10 @@ def start_nats(workdir: Path, port: int | None = None) -> ServerProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     store = workdir / "jetstream"
     args = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
+    if config is not None:
+        config_file = workdir / "nats-server.conf"
+        config_file.write_text(config)
+        args += ["-c", str(config_file)]
     log = open(workdir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _wait_port(port, proc, "nats-server")
