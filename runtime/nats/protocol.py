@@ -31,6 +31,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 CRLF = b"\r\n"
@@ -108,6 +109,7 @@ class Parser:
         self._chunks: list[bytes] = []  # an incomplete operation, as received
         self._held = 0  # bytes in `_chunks`
         self._need = 0  # bytes the incomplete operation needs at least, from its start
+        self._rest = b""  # what follows the run of messages `_run` parsed
 
     def take_controls(self) -> list[Control]:
         """The control operations parsed so far, in order; the parser forgets them."""
@@ -126,9 +128,13 @@ class Parser:
             self._chunks = []
         else:
             buf = data
-        msgs: list[Msg] = []
         size = len(buf)
         pos = 0
+        msgs = self._run(buf)
+        if msgs:
+            pos = size - len(self._rest)
+        else:
+            msgs = []
         match_msg = _MSG.match
         match_hmsg = _HMSG.match
         max_message = self.max_message
@@ -186,6 +192,44 @@ class Parser:
             self._chunks = [rest]
             self._held = len(rest)
         return msgs
+
+    def _run(self, buf: bytes) -> list[Msg] | None:
+        """The messages of `buf` when it is nothing but MSGs without CR/LF in their payloads
+        (PubAcks, JSON) and all with or all without a reply subject — the publisher's
+        acknowledgements — parsed with a few C-level splits instead of one step per message;
+        `_rest` is the incomplete operation after them. None when the shape differs (the
+        caller then parses operation by operation).
+
+        Sound because splitting at CRLF can only cut a payload short: the first payload that
+        holds a CRLF is shorter than its declared size, and the sizes are checked."""
+        if not buf.startswith(b"MSG "):
+            return None
+        parts = buf.split(CRLF)
+        rest = parts.pop()
+        if len(parts) % 2:  # a complete line whose payload is still arriving
+            rest = parts.pop() + CRLF + rest
+        if not parts:
+            return None
+        lines = parts[0::2]
+        payloads = parts[1::2]
+        spaces = set(map(bytes.count, lines, repeat(b" ")))
+        if spaces == {3}:  # MSG subject sid size
+            stride = 4
+        elif spaces == {4}:  # MSG subject sid reply size
+            stride = 5
+        else:
+            return None
+        tokens = b" ".join(lines).split(b" ")
+        if tokens[0::stride].count(b"MSG") != len(lines) or b"" in tokens:
+            return None
+        try:
+            if list(map(int, tokens[stride - 1 :: stride])) != list(map(len, payloads)):
+                return None
+        except ValueError:
+            return None
+        self._rest = rest
+        replies = tokens[3::5] if stride == 5 else repeat(None)
+        return list(zip(tokens[1::stride], tokens[2::stride], replies, repeat(b""), payloads))
 
     def _incomplete_line(self, buf: bytes, pos: int) -> bool:
         """True when the operation at `pos` has no line end yet (wait for more bytes, within

@@ -36,6 +36,8 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 
 from runtime.nats.connection import NatsConnection
@@ -104,6 +106,7 @@ class JetStreamPublisher:
         inbox = f"_INBOX.{os.urandom(8).hex()}"
         self._reply_prefix = (inbox + ".").encode()
         self._prefix_len = len(self._reply_prefix)
+        self._ident_part = itemgetter(slice(self._prefix_len, None))  # "{inbox}.{n}" → n
         # HPUB {subject} {inbox}.{id} {hdr_len} {total}\r\n{header with Nats-Msg-Id}{payload}
         self._hpub = hpub_msg_id_template(self._reply_prefix)
         self.connection = NatsConnection(
@@ -302,6 +305,37 @@ class JetStreamPublisher:
         acknowledged message; a refusal (`error` in the PubAck, or a status such as 503 when
         no stream stores the subject) is resent after `ack_timeout`, like a lost ack."""
         inflight = self._inflight
+        if not self._settle_plain(msgs):
+            self._settle_each(msgs)
+        if len(inflight) < self._max_inflight:
+            self._room.set()
+        if not inflight:
+            self._idle.set()
+
+    def _settle_plain(self, msgs: list[Msg]) -> bool:
+        """The common read, settled in a few C-level passes: nothing but plain PubAcks
+        (stored, no duplicate, no error, no status). False (nothing done) otherwise."""
+        subjects, _sids, _replies, headers, bodies = zip(*msgs, strict=True)
+        joined = b"".join(bodies)
+        if (
+            any(headers)
+            or b'"error"' in joined
+            or b'"duplicate"' in joined
+            or not all(map(bytes.startswith, bodies, repeat(b"{")))
+        ):
+            return False
+        try:
+            idents = list(map(int, map(self._ident_part, subjects)))
+        except ValueError:
+            return False
+        settled = list(map(self._inflight.pop, idents, repeat(None)))
+        # an ack of a message already resent under a new id settles nothing
+        self.stats.acked += len(settled) - settled.count(None)
+        return True
+
+    def _settle_each(self, msgs: list[Msg]) -> None:
+        """Settle replies one by one: duplicates are counted, refusals re-keyed for resend."""
+        inflight = self._inflight
         stats = self.stats
         start = self._prefix_len
         acked = duplicates = 0
@@ -332,10 +366,6 @@ class JetStreamPublisher:
             inflight[new] = pending  # re-keyed, not sent: the timer resends it
         stats.acked += acked
         stats.duplicates += duplicates
-        if len(inflight) < self._max_inflight:
-            self._room.set()
-        if not inflight:
-            self._idle.set()
 
     # -- ack timeouts -------------------------------------------------------------------------
 

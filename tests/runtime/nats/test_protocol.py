@@ -212,3 +212,50 @@ def test_a_subject_that_would_break_the_protocol_is_refused(subject: bytes) -> N
 def test_a_header_that_would_break_the_block_is_refused() -> None:
     with pytest.raises(ValueError, match="invalid NATS header"):
         header_block({"Nats-Msg-Id": "a\r\nInjected: 1"})
+
+
+def ack(n: int, reply: bytes | None = None, payload: bytes | None = None) -> tuple[bytes, Msg]:
+    """A PubAck-like MSG on `_INBOX.ab.{n}`: its bytes and the message it must parse to."""
+    body = payload if payload is not None else b'{"stream":"s","seq":%d}' % n
+    subject = b"_INBOX.ab.%d" % n
+    head = b"MSG %s 1 %s%d\r\n" % (subject, reply + b" " if reply else b"", len(body))
+    return head + body + b"\r\n", (subject, b"1", reply, b"", body)
+
+
+def run_of(*acks: tuple[bytes, Msg]) -> tuple[bytes, list[Msg]]:
+    return b"".join(a[0] for a in acks), [a[1] for a in acks]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "plain acks",
+        "acks with replies",
+        "replies mixed in",
+        "a payload holding CRLF",
+        "a payload ending in CR",
+        "a payload starting with LF",
+        "a control line after the run",
+    ],
+)
+def test_a_run_of_messages_parses_exactly_whatever_its_shape_and_cuts(shape: str) -> None:
+    acks = [ack(n) for n in range(6)]
+    if shape == "acks with replies":
+        acks = [ack(n, b"r.%d" % n) for n in range(6)]
+    elif shape == "replies mixed in":
+        acks[2] = ack(2, b"r.2")
+    elif shape == "a payload holding CRLF":
+        acks[3] = ack(3, payload=b"two\r\nlines MSG x 1 2\r\n")
+    elif shape == "a payload ending in CR":
+        acks[3] = ack(3, payload=b"ends in CR\r")
+    elif shape == "a payload starting with LF":
+        acks[0] = ack(0, payload=b"\nstarts with LF")
+    data, expected = run_of(*acks)
+    controls: list[Control] = []
+    if shape == "a control line after the run":
+        data += b"PONG\r\n" + acks[0][0]
+        expected.append(acks[0][1])
+        controls = [PONG_OP]
+    assert parse_in_pieces([data]) == (expected, controls)
+    for cut in range(1, len(data)):
+        assert parse_in_pieces([data[:cut], data[cut:]]) == (expected, controls), f"cut {cut}"
