@@ -69,6 +69,10 @@ class PublishStats:
 # one is built per message and the cost shows at 100k+ msg/s.
 _Pending = tuple[bytes, bytes, bytes, int]
 
+# PubAck fields, as keys (a stream may well be named "error")
+_ERROR = b'"error":'
+_DUPLICATE = b'"duplicate":true'
+
 
 class JetStreamPublisher:
     """Publishes to JetStream streams with acknowledgement, a bounded window and resends.
@@ -319,8 +323,8 @@ class JetStreamPublisher:
         joined = b"".join(bodies)
         if (
             any(headers)
-            or b'"error"' in joined
-            or b'"duplicate"' in joined
+            or _ERROR in joined
+            or _DUPLICATE in joined
             or not all(map(bytes.startswith, bodies, repeat(b"{")))
         ):
             return False
@@ -346,9 +350,9 @@ class JetStreamPublisher:
                 continue  # not one of our replies
             if pending is None:
                 continue  # a late ack for a message already resent under a new id
-            if not headers and body[:1] == b"{" and b'"error"' not in body:
+            if not headers and body[:1] == b"{" and _ERROR not in body:
                 acked += 1
-                if b'"duplicate"' in body:
+                if _DUPLICATE in body:
                     duplicates += 1
                 continue
             stats.failures += 1
