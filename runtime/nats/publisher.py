@@ -71,7 +71,7 @@ _Pending = tuple[bytes, bytes, bytes, int]
 
 # PubAck fields, as keys (a stream may well be named "error")
 _ERROR = b'"error":'
-_DUPLICATE = b'"duplicate":true'
+_DUPLICATE = b'"duplicate":'  # the server writes '"duplicate": true'; never false
 
 
 class JetStreamPublisher:
