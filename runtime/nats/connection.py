@@ -290,6 +290,7 @@ class NatsConnection:
         self.last_error: str | None = None  # why the last attempt or connection failed
         self.refusal: NatsRefused | None = None  # since the last successful handshake
         self._wire: _Wire | None = None
+        self.connected = False  # `_wire is not None`, as a plain attribute: read per publish
         self._changed = asyncio.Event()  # connected, or refused
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -297,10 +298,6 @@ class NatsConnection:
         self._logged_failure: str | None = None
 
     # -- state ----------------------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        return self._wire is not None
 
     @property
     def server(self) -> ServerAddress | None:
@@ -366,6 +363,7 @@ class NatsConnection:
         self._tasks.clear()
         wire = self._wire
         self._wire = None
+        self.connected = False
         if wire is not None and wire.transport is not None:
             wire.transport.close()
 
@@ -407,6 +405,7 @@ class NatsConnection:
         self.refusal = None
         self._logged_failure = None
         self._wire = wire
+        self.connected = True
         self._changed.set()
         if self._on_connect is not None:
             self._on_connect()
@@ -505,6 +504,7 @@ class NatsConnection:
         if self._wire is not wire:
             return  # a handshake that failed, or a socket already replaced
         self._wire = None
+        self.connected = False
         if wire.error is not None:
             self.last_error = f"{wire.server}: {wire.error}"
         if not self._closing:

@@ -69,6 +69,8 @@ class PublishStats:
 # one is built per message and the cost shows at 100k+ msg/s.
 _Pending = tuple[bytes, bytes, bytes, int]
 
+# from this many replies in one read on, `_settle_plain`'s fixed cost pays off
+_SETTLE_PLAIN_MIN = 8
 # PubAck fields, as keys (a stream may well be named "error")
 _ERROR = b'"error":'
 _DUPLICATE = b'"duplicate":'  # the server writes '"duplicate": true'; never false
@@ -309,7 +311,7 @@ class JetStreamPublisher:
         acknowledged message; a refusal (`error` in the PubAck, or a status such as 503 when
         no stream stores the subject) is resent after `ack_timeout`, like a lost ack."""
         inflight = self._inflight
-        if not self._settle_plain(msgs):
+        if len(msgs) < _SETTLE_PLAIN_MIN or not self._settle_plain(msgs):
             self._settle_each(msgs)
         if len(inflight) < self._max_inflight:
             self._room.set()
