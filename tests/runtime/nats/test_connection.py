@@ -312,3 +312,28 @@ async def test_a_server_that_stops_answering_is_left_and_rejoined_without_loss(
         assert await stored_over(server.url, stream) == 100
     finally:
         server.stop()
+
+
+async def test_a_token_in_the_url_authenticates(tmp_path: Path) -> None:
+    server = start_nats(tmp_path / "nats-token", config='authorization {\n  token: "t0k3n"\n}\n')
+    try:
+        url = f"nats://t0k3n@127.0.0.1:{server.port}"
+        stream = await add_stream(url, "tokened.>")
+        pub = JetStreamPublisher(url)
+        await publish_and_drain(pub, b"tokened.x", 30)
+        assert pub.stats.acked == 30
+        assert await stored_over(url, stream) == 30
+    finally:
+        server.stop()
+
+
+async def test_the_servers_of_a_list_are_tried_in_turn(nats_url: str) -> None:
+    from ssmd_infra.local.servers import free_port
+
+    stream = await add_stream(nats_url, "listed.>")
+    down = f"nats://127.0.0.1:{free_port()}"
+    pub = JetStreamPublisher(f"{down},{nats_url}", reconnect_wait=0.05)
+    await publish_and_drain(pub, b"listed.x", 30)
+    assert str(pub.connection.last_error).startswith(down + ": ")  # tried first, refused
+    assert pub.stats.acked == 30
+    assert await stored_over(nats_url, stream) == 30
