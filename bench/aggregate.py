@@ -12,7 +12,7 @@ here, with the project's own stream code (`ssmd_infra.core.streams.stream_specs`
 
 Input: realistic ~288-byte Kalshi `trade` frames with `Nats-Msg-Id`, published into the
 shard streams by `--publishers` processes (one per shard by default, like the connectors)
-through the connector's own acknowledged publisher (`runtime/publisher.py`), paced to
+through the connector's own acknowledged publisher (`runtime/nats/publisher.py`), paced to
 `--rate` combined. Every message is acknowledged by its stream, so nothing is lost
 silently, and the stored counts are checked at the end.
 
@@ -138,7 +138,7 @@ async def role_publish(
     `subject_shards` (the same list, or the single baseline stream), paced at `rate` msg/s
     (0: as fast as the acknowledgement window allows), for `seconds`; then drain and print
     a JSON report. Starts on "go" from stdin so all publishers begin together."""
-    from runtime.publisher import JetStreamPublisher
+    from runtime.nats.publisher import JetStreamPublisher
 
     routes: list[tuple[bytes, bytes]] = []  # (subject, ticker), round-robin
     sources = shards.split(",")
@@ -227,23 +227,18 @@ def role_read(nats_url: str, subject: str) -> None:
     `Nats-Time-Stamp` header, whether the server closed the connection)."""
     import socket
 
-    from runtime.natswire import parse_servers
+    from runtime.nats.protocol import PING, PONG, Err, Parser, Ping, Pong, connect, sub
+    from ssmd_infra.core.nats_url import parse_nats_urls
 
-    address = parse_servers(nats_url)[0]
+    address = parse_nats_urls(nats_url)[0]
     sock = socket.create_connection((address.host, address.port), timeout=10)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    options = {"verbose": False, "pedantic": False, "headers": True, "protocol": 1}
-    options["name"] = "bench-aggregate-reader"
-    info = b""
-    while not info.endswith(b"\r\n"):
-        info += sock.recv(4096)
-    sock.sendall(
-        b"CONNECT %s\r\nSUB %s 1\r\nPING\r\n" % (json.dumps(options).encode(), subject.encode())
-    )
-    buf = b""
-    while b"PONG\r\n" not in buf:
-        buf += sock.recv(4096)
-    buf = buf[buf.index(b"PONG\r\n") + 6 :]
+    parser = Parser()
+    while not parser.controls:  # the server's INFO
+        parser.feed(sock.recv(4096))
+    sock.sendall(connect(name="bench-aggregate-reader") + sub(subject.encode(), 1) + PING)
+    while not any(type(op) is Pong for op in parser.take_controls()):
+        parser.feed(sock.recv(4096))
     stop = threading.Event()
 
     def wait_stop() -> None:
@@ -276,35 +271,20 @@ def role_read(nats_url: str, subject: str) -> None:
             want_delay = True
         if not data:
             continue
-        buf += data
-        pos = 0
-        size = len(buf)
         before = count
-        while True:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            if buf.startswith(b"HMSG ", pos) or buf.startswith(b"MSG ", pos):
-                end = eol + 4 + int(buf[buf.rfind(b" ", pos, eol) + 1 : eol])
-                if end > size:
-                    break
-                if want_delay and buf[pos] == 72:  # H: read the republish timestamp
-                    want_delay = False
-                    head = buf[eol + 2 : end - 2]
-                    at = head.find(b"Nats-Time-Stamp: ")
-                    if at >= 0:
-                        stamp = head[at + 17 : head.find(b"\r\n", at)].decode()
-                        delays.append(now - _parse_time(stamp))
-                count += 1
-                pos = end
-            else:
-                line = buf[pos:eol]
-                if line == b"PING":
-                    sock.sendall(b"PONG\r\n")
-                elif line.startswith(b"-ERR"):
-                    errors.append(line.decode("utf-8", "replace"))
-                pos = eol + 2
-        buf = buf[pos:]
+        for _subject, _sid, _reply, headers, _payload in parser.feed(data):
+            count += 1
+            if want_delay and headers:  # read the republish timestamp
+                want_delay = False
+                at = headers.find(b"Nats-Time-Stamp: ")
+                if at >= 0:
+                    stamp = headers[at + 17 : headers.find(b"\r\n", at)].decode()
+                    delays.append(now - _parse_time(stamp))
+        for op in parser.take_controls():
+            if type(op) is Ping:
+                sock.sendall(PONG)
+            elif type(op) is Err:
+                errors.append(f"-ERR {op.message}")
         if count > before:
             first = first or now
             last = now

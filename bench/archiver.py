@@ -105,7 +105,7 @@ def trade_frame(rng: random.Random, sid: int, seq: int) -> tuple[str, bytes, str
 async def prefill(nats_url: str, count: int) -> float:
     """Publish `count` frames with acknowledgement (the connector's publisher); returns the
     mean frame size."""
-    from runtime.publisher import JetStreamPublisher
+    from runtime.nats.publisher import JetStreamPublisher
 
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))  # fresh ids: dedup hides nothing
     publisher = JetStreamPublisher(nats_url, name="bench-prefill", max_inflight=8192)

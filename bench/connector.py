@@ -541,7 +541,7 @@ async def publisher_alone(bench: Bench, total: int) -> dict[str, float]:
     payloads, window-limited), and nats-py publishing the same with a header, no ack."""
     import resource
 
-    from runtime.publisher import JetStreamPublisher
+    from runtime.nats.publisher import JetStreamPublisher
 
     def cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -717,7 +717,7 @@ async def main(args: argparse.Namespace) -> None:
         )
     if alone:
         print(
-            f"(d) publishing alone, CPU per message: acknowledged (runtime/publisher.py) "
+            f"(d) publishing alone, CPU per message: acknowledged (runtime/nats/publisher.py) "
             f"{alone['acked_us_per_msg']:.2f} µs ({alone['acked_stored']:,} stored); nats-py "
             f"publish with a header, no ack {alone['nats_py_no_ack_us_per_msg']:.2f} µs"
         )

@@ -87,8 +87,8 @@ from prometheus_client.registry import Collector
 
 from runtime.archive_files import ArchiveWriter, FileKey, Group, RecoveryReport, finalize_shard
 from runtime.health import HealthServer, ShardMetrics
-from runtime.jspull import Delivery, PullClient
 from runtime.membership import redis_client
+from runtime.nats.consumer import Delivery, PullClient
 from runtime.procstats import ProcStats
 from runtime.tasks import cancel
 from ssmd_infra.core import redis_keys

@@ -47,8 +47,8 @@ from runtime.kalshi.client import KalshiAuthError, KalshiWsClient
 from runtime.kalshi.contract import PRIVATE_CHANNELS
 from runtime.kalshi.protocol import Frame
 from runtime.membership import Membership, redis_client
+from runtime.nats.publisher import JetStreamPublisher
 from runtime.procstats import ProcStats
-from runtime.publisher import JetStreamPublisher
 from runtime.tasks import cancel
 from ssmd_infra.core import redis_keys
 from ssmd_infra.core.environment import Environment

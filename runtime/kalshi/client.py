@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
 from websockets.uri import WebSocketURI, parse_uri
 
+from runtime.backoff import Backoff
 from ssmd_infra.core.errors import ConfigError, SsmdError
 
 from .auth import KalshiSigner
@@ -108,8 +108,6 @@ class KalshiWsClient:
     ) -> None:
         if stale_after <= ping_interval:
             raise ValueError("stale_after must be longer than ping_interval")
-        if not 0 < backoff_initial <= backoff_max:
-            raise ValueError("need 0 < backoff_initial <= backoff_max")
         try:
             self._uri: WebSocketURI = parse_uri(url)
         except InvalidURI as exc:
@@ -121,8 +119,7 @@ class KalshiWsClient:
         self._wait_ready = wait_ready
         self.ping_interval = ping_interval
         self.stale_after = stale_after
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
+        self.backoff = Backoff(backoff_initial, backoff_max)
         self.close_timeout = close_timeout
         self.read_interval = read_interval
         self.stats = ClientStats()
@@ -134,7 +131,6 @@ class KalshiWsClient:
         self._resumer: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake = asyncio.Event()
-        self._rng = random.Random()
 
     @property
     def protocol(self) -> KalshiProtocol:
@@ -275,11 +271,9 @@ class KalshiWsClient:
             raise
 
     async def _backoff(self, attempt: int) -> None:
-        """Exponential backoff, jittered over its upper half; returns early on `stop()`."""
-        ceiling = min(self.backoff_max, self.backoff_initial * (2 ** min(attempt, 30)))
-        delay = self._rng.uniform(ceiling / 2, ceiling)
+        """The runtime's backoff (`runtime/backoff.py`); returns early on `stop()`."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+            await asyncio.wait_for(self._wake.wait(), self.backoff.delay(attempt))
 
     def _send_commands(self) -> None:
         conn = self._conn

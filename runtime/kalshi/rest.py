@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import random
 import threading
 import time
 from collections import OrderedDict
@@ -39,6 +38,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from runtime.backoff import Backoff
 from ssmd_infra.core.errors import SsmdError
 
 from .auth import KalshiSigner
@@ -216,15 +216,13 @@ class KalshiRestSource:
         self.page_limit = page_limit
         self.max_pages = max_pages
         self.max_attempts = max_attempts
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
+        self.backoff = Backoff(backoff_initial, backoff_max)
         self.retry_after_max = retry_after_max
         self.timeout = timeout
         self.concurrency = concurrency
         self.bucket = TokenBucket(rate, burst)
         self.series: LruCache[str, str] = LruCache(cache_size)
         self.stats = RestStats()
-        self._rng = random.Random()
 
     def __repr__(self) -> str:
         return f"KalshiRestSource({self.base_url!r}, status={self.status!r})"
@@ -429,8 +427,7 @@ class KalshiRestSource:
         )
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        """The server's `Retry-After` when it gave one, else exponential backoff with jitter."""
+        """The server's `Retry-After` when it gave one, else the runtime's backoff."""
         if retry_after is not None:
             return min(retry_after, self.retry_after_max)
-        ceiling = min(self.backoff_max, self.backoff_initial * 2.0**attempt)
-        return ceiling * self._rng.uniform(0.5, 1.0)
+        return self.backoff.delay(attempt)

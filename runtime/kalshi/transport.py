@@ -24,8 +24,8 @@ What this layer does and does not do:
   large reads rather than many small ones. On this kind of machine each wake-up of the
   process costs as much CPU as parsing several frames, so this is the main saving at a paced
   rate; it adds at most `read_interval` of latency, and none to the first message after
-  the socket was idle for an interval. The grid is shared with the publisher's acknowledgement reads, so both
-  sockets are served in the same wake-up;
+  the socket was idle for an interval. The grid (`runtime/pacing.py`) is shared with the NATS connection's
+  acknowledgement reads, so both sockets are served in the same wake-up;
 - liveness: `activity` is set on every read, for the owner's staleness check; `ping()`
   sends a ping (any frame the server sends back counts as activity);
 - closing: `close()` sends a close frame and aborts the socket if the server has not closed
@@ -35,7 +35,6 @@ What this layer does and does not do:
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import ssl as ssl_module
 from collections.abc import Callable, Mapping
@@ -48,12 +47,9 @@ from websockets.http11 import USER_AGENT, Response
 from websockets.protocol import CLOSED, OPEN
 from websockets.uri import WebSocketURI
 
+from runtime.pacing import next_tick
+
 OnMessages = Callable[[list[bytes]], None]
-
-
-def next_tick(now: float, interval: float) -> float:
-    """The next multiple of `interval` after `now` (a grid every paced reader shares)."""
-    return (math.floor(now / interval + 1e-6) + 1) * interval
 
 
 class WsConnection(asyncio.Protocol):

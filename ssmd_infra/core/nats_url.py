@@ -7,9 +7,11 @@ while the pods' client refused it, and the pods crash-looped).
 
 Accepted: a comma-separated list of `nats://` or `tls://` URLs, each
 `scheme://[user:password@|token@]host[:port]` (port 4222 by default; percent-escapes in the
-credentials are decoded). `tls://` means the connection is wrapped in TLS before the NATS
-handshake. Anything else (another scheme, a path, a query, no host, port 0) is a
-`ConfigError` that names the URL with its credentials redacted.
+credentials are decoded). `tls://` means the client insists on TLS: as NATS does, the
+server's INFO arrives in plaintext and the connection is upgraded before CONNECT (a
+`nats://` URL is upgraded too when the server requires TLS). Anything else (another scheme,
+a path, a query, no host, port 0) is a `ConfigError` that names the URL with its credentials
+redacted.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from waiting import eventually, running
 
 from runtime import archive_files
 from runtime.archiver import Archiver, consumer_name
-from runtime.publisher import JetStreamPublisher
+from runtime.nats.publisher import JetStreamPublisher
 from ssmd_infra.adapters.jetstream import reconcile_streams
 from ssmd_infra.core import redis_keys
 from ssmd_infra.core.environment import Environment, parse_environment

@@ -14,7 +14,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from runtime.publisher import JetStreamPublisher
+from runtime.nats.publisher import JetStreamPublisher
 from ssmd_infra.local.servers import start_nats
 
 
