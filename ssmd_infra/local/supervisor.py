@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -40,6 +39,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ssmd_infra.adapters.jetstream import reconcile_streams
+from ssmd_infra.core import local_state
 from ssmd_infra.core.environment import Environment, environment_path, load_environment
 from ssmd_infra.core.errors import SsmdError
 from ssmd_infra.core.resolution import Layout, layout_of
@@ -48,13 +48,12 @@ from ssmd_infra.core.subjects import CLIENT_STREAM, internal_stream
 from ssmd_infra.core.workload import Endpoints, archiver_workload, connector_workload
 from ssmd_infra.local.servers import ServerProcess, free_port, start_nats, start_redis
 
-STATE_DIR = Path(".ssmd") / "local"
 SIMULATOR_KEY_ID = "ssmd-local-simulator"
 DRAIN_TIMEOUT = 30.0
 
 
 def state_file(env_name: str) -> Path:
-    return STATE_DIR / f"{env_name}.json"
+    return local_state.state_path(env_name)
 
 
 @dataclass
@@ -237,25 +236,22 @@ class LocalPipeline:
                 self._spawn("archiver", name, spec.args, port)
 
     def _write_state(self) -> None:
-        path = state_file(self.env.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "pid": os.getpid(),
-            "env": self.env.name,
-            "env_file": str(Path(self.env_file).resolve()),
-            "nats_url": self.nats_url,
-            "redis_url": self.redis_url,
-            "data_dir": str(self.data_dir.resolve()),
-            "generation": self.generation,
-            "rolled_at": time.time(),
-            "shards": list(self.env.shards),
-            "roll_attempts": self.roll_attempts,
-            "roll_error": self.roll_error,
-            "roll_actions": self.roll_actions,
-        }
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(path)
+        assert self.nats_url and self.redis_url
+        state = local_state.LocalState(
+            pid=os.getpid(),
+            env=self.env.name,
+            env_file=str(Path(self.env_file).resolve()),
+            nats_url=self.nats_url,
+            redis_url=self.redis_url,
+            data_dir=str(self.data_dir.resolve()),
+            generation=self.generation,
+            rolled_at=time.time(),
+            shards=list(self.env.shards),
+            roll_attempts=self.roll_attempts,
+            roll_error=self.roll_error,
+            roll_actions=list(self.roll_actions),
+        )
+        local_state.write(state_file(self.env.name), state)
 
     # -- observe -----------------------------------------------------------------------------
 

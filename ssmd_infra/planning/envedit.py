@@ -13,12 +13,9 @@ under us. A refused edit leaves the file byte-identical.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import io
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +36,7 @@ from ssmd_infra.core.environment import (
     parse_environment,
 )
 from ssmd_infra.core.errors import ConfigError, Problem, SsmdError
+from ssmd_infra.core.files import write_atomically
 from ssmd_infra.core.quantity import canonical_quantity
 from ssmd_infra.core.resolution import Layout, Validation, resolve_with_problems, validate_document
 from ssmd_infra.core.secmaster import merge_symbols
@@ -395,35 +393,6 @@ def check_result(loaded: _Loaded, text: str) -> Validation:
     return report
 
 
-def write_atomically(path: Path, data: bytes, *, expected: bytes | None = None) -> None:
-    """Replace `path` with `data` through a temporary file and a rename.
-
-    With `expected`, refuse when the file no longer holds exactly those bytes (someone
-    edited it since it was read).
-    """
-    target = path.resolve()
-    if expected is not None:
-        try:
-            current = target.read_bytes()
-        except OSError as exc:
-            raise EditRefused(f"{path} unchanged: cannot re-read it: {exc.strerror}") from None
-        if current != expected:
-            raise EditRefused(f"{path} unchanged: it was modified while being edited; retry")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, target.stat().st_mode & 0o7777)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _finish(loaded: _Loaded, rt: RoundTrip, summary: str, write: bool) -> EditResult:
     text = rt.text()
     report = check_result(loaded, text)
@@ -606,5 +575,4 @@ __all__ = [
     "pin",
     "remove_entry",
     "unpin",
-    "write_atomically",
 ]

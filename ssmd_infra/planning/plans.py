@@ -28,6 +28,7 @@ from ssmd_infra.core.environment import (
     parse_environment,
 )
 from ssmd_infra.core.errors import ConfigError, SsmdError
+from ssmd_infra.core.files import write_atomically
 from ssmd_infra.core.resolution import resolve
 from ssmd_infra.core.yamlsource import load_yaml
 from ssmd_infra.planning.proposals import (
@@ -221,9 +222,8 @@ def available_plans() -> list[str]:
 def save_plan(plan: Plan) -> Path:
     path = plan.path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(plan.to_dict(), sort_keys=False, allow_unicode=True, width=100))
-    tmp.replace(path)
+    text = yaml.safe_dump(plan.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+    write_atomically(path, text.encode())
     return path
 
 
