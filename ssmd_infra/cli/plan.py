@@ -29,6 +29,7 @@ from ssmd_infra.core.desired_diff import desired_diff
 from ssmd_infra.core.environment import Environment, load_environment
 from ssmd_infra.core.errors import SsmdError
 from ssmd_infra.core.resolution import resolve
+from ssmd_infra.planning.errors import PlanError
 from ssmd_infra.planning.plans import (
     Plan,
     check_current,
@@ -37,16 +38,11 @@ from ssmd_infra.planning.plans import (
     raw_document,
     save_plan,
 )
-from ssmd_infra.planning.proposals import (
-    DEFAULT_TOLERANCE,
-    HEADROOM,
-    PlanError,
-    Proposal,
-    Rates,
-    parse_strategy,
-    propose,
-    situation,
-)
+from ssmd_infra.planning.proposal import Proposal
+from ssmd_infra.planning.rates import Rates
+from ssmd_infra.planning.situation import HEADROOM, situation
+from ssmd_infra.planning.split import DEFAULT_TOLERANCE
+from ssmd_infra.planning.strategy import parse_strategy, propose
 
 CpuBudgetOpt = typer.Option(
     None, "--cpu-budget", help="cores the environment may request at full scale (SSMD_CPU_BUDGET)"
