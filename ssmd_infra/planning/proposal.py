@@ -158,7 +158,7 @@ def name_new_shards(
         if len(set(names)) != len(names):
             raise PlanError("--names: the names must differ")
         return names
-    # `tier1` → `tier1a` (the seed's carve-out style); `crypto` → `crypto-b` (it is "a")
+    # `tier1` → `tier1a` (as kalshi-dev's carve-out is named); `crypto` → `crypto-b` (it is "a")
     stem, letters = (base, "abcdefghijklmnopqrstuvwxyz")
     if not base[-1].isdigit():
         stem, letters = f"{base}-", "bcdefghijklmnopqrstuvwxyz"
