@@ -23,7 +23,6 @@ from ssmd_infra.cli.output import out as _out
 from ssmd_infra.cli.output import out_json as _json
 from ssmd_infra.cli.output import table as _table
 from ssmd_infra.cli.params import EnvArg, JsonOpt, LiveRedisOpt
-from ssmd_infra.core.checks import Budget, deployment_checks
 from ssmd_infra.core.environment import Environment, Shard, load_environment
 from ssmd_infra.core.errors import ConfigError, Problem
 from ssmd_infra.core.resolution import (
@@ -124,6 +123,8 @@ def validation_report(
     changed since the plan). Every failed deployment check (budget, NATS mappings,
     Kubernetes names) is a problem too, so `validate` fails on it like on an overlap.
     """
+    from ssmd_infra.core.checks import Budget, deployment_checks  # stream specs: validate only
+
     if plan is None:
         report = validate_environment(env)
     else:
