@@ -415,7 +415,7 @@ _spec = st.fixed_dictionaries(
 _attrs = st.fixed_dictionaries({}, optional={"tier": _values, "cat": _values})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     specs=st.lists(_spec, min_size=1, max_size=6),
     universe=st.dictionaries(st.text("ABCD", min_size=1, max_size=4), _attrs, max_size=25),

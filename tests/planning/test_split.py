@@ -183,7 +183,7 @@ PAIRS = [f"{a}{b}USD" for a, b in itertools.product("ABCDEFGH", "XYZ")]
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     rates=st.lists(st.integers(min_value=0, max_value=5000), min_size=3, max_size=8),
