@@ -29,6 +29,14 @@ from resolve import cli, environment_yaml, universe_and_shards
 from ssmd_infra.core.environment import load_environment
 
 REPO = Path(__file__).resolve().parent.parent
+TYPER_FLOOR = (
+    "import typer, pydantic, yaml\n"
+    "app = typer.Typer()\n"
+    "@app.command()\n"
+    "def echo(text: str) -> None:\n"
+    "    print(text)\n"
+    "app(['x'])\n"
+)
 
 
 def run(command: list[str]) -> tuple[float, float]:
@@ -56,6 +64,9 @@ def startup(repeat: int) -> bool:
         "baseline": [sys.executable, "-c", "import typer, pydantic, yaml"],
         "ssmd --help": [*cli(), "--help"],
         "ssmd shard list kalshi-prod": [*cli(), "shard", "list", "kalshi-prod"],
+        # for reference: the least any typer command costs (typer parses its arguments
+        # through pydantic TypeAdapters, which `import pydantic` alone does not load)
+        "a one-argument typer command": [sys.executable, "-c", TYPER_FLOOR],
     }
     for command in commands.values():
         run(command)  # warm the page cache
@@ -75,8 +86,12 @@ def startup(repeat: int) -> bool:
     for name in list(commands)[1:]:
         ratio = statistics.median(wall[name]) / base_wall
         cpu_ratio = statistics.median(cpu[name]) / base_cpu
-        ok = ok and ratio <= 2.0
-        print(f"    `{name}`: {summary(wall[name])} → {ratio:.2f}× the baseline [goal ≤ 2×]")
+        goal = name.startswith("ssmd")
+        ok = ok and (ratio <= 2.0 or not goal)
+        print(
+            f"    `{name}`: {summary(wall[name])} → {ratio:.2f}× the baseline"
+            + (" [goal ≤ 2×]" if goal else "")
+        )
         print(f"        CPU {summary(cpu[name])} → {cpu_ratio:.2f}× the baseline's CPU")
     return ok
 

@@ -26,7 +26,8 @@ class LocalStateMissing(SsmdError):
 class LocalState(BaseModel):
     """Where the local pipeline of one environment is, and which day roll it is on."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # built on first use: most commands import this module and never read a state file
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     pid: int  # the `ssmd local up` process: the target of the day roll's SIGHUP
     env: str
