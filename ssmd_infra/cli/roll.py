@@ -36,6 +36,7 @@ from ssmd_infra.core.files import write_atomically
 from ssmd_infra.core.resolution import layout_of, load_layout
 from ssmd_infra.deploy import git, kubernetes
 from ssmd_infra.deploy import local as local_target
+from ssmd_infra.deploy.verify import VERIFY_TIMEOUT, verify_flow
 
 if TYPE_CHECKING:
     from ssmd_infra.planning.plans import Plan
@@ -54,7 +55,7 @@ class RollOptions:
     stack: str | None = None
     project: Path | None = None
     nats_url: str | None = None
-    verify_timeout: float = 60.0
+    verify_timeout: float = VERIFY_TIMEOUT
     no_verify: bool = False
 
 
@@ -121,14 +122,12 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> None:
 def _verify(
     nats_url: str | None, environment: Environment, timeout: float
 ) -> tuple[bool, list[dict[str, Any]]]:
-    from ssmd_infra.deploy import verify  # nats-py: only when verifying
-
     if nats_url is None:
         raise SsmdError("no NATS URL to verify data flow on: give --nats-url, or --no-verify")
     layout = layout_of(environment)
     complete = environment.secmaster.source == "manual"
     flows = asyncio.run(
-        verify.verify_flow(
+        verify_flow(
             nats_url,
             list(environment.shards),
             expect=lambda s: bool(layout.symbols_of(s)) or not complete,
