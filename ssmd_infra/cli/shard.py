@@ -1,26 +1,28 @@
 """`ssmd shard ...`: read and edit the shard layout of an environment.
 
-Thin on purpose: the commands parse options, call the library (`resolution`, `live`,
+Thin on purpose: the commands parse options, call the library (`resolution`, `redis_reports`,
 `envedit`) and print. Tables are plain aligned text (fast for 100k rows, greppable);
 `--json` prints machine-readable output on every read command.
 """
 
 from __future__ import annotations
 
-import json
 import textwrap
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ssmd_infra.adapters.redis_reports import (
-    REDIS_URL_VARIABLE,
     ShardLive,
     read_live,
     redis_url_for,
     shard_status,
 )
+from ssmd_infra.cli.lazy import Lazy, lazy_group
+from ssmd_infra.cli.output import out as _out
+from ssmd_infra.cli.output import out_json as _json
+from ssmd_infra.cli.output import table as _table
+from ssmd_infra.cli.params import EnvArg, JsonOpt, LiveRedisOpt
 from ssmd_infra.core.environment import Environment, Shard, load_environment
 from ssmd_infra.core.errors import ConfigError, Problem
 from ssmd_infra.core.resolution import (
@@ -36,44 +38,33 @@ from ssmd_infra.core.selectors import Selector
 if TYPE_CHECKING:
     from ssmd_infra.planning.envedit import EditResult
 
-shard_app = typer.Typer(no_args_is_help=True, help="Inspect and edit shards of an environment.")
+# The resharding commands load the planner, git and Pulumi machinery: imported when they run.
+RESHARDING = {
+    "rates": Lazy(
+        "ssmd_infra.cli.plan:rates_command",
+        "Per-symbol message rates measured by the connectors (Redis), per shard.",
+    ),
+    "plan": Lazy(
+        "ssmd_infra.cli.plan:plan_command",
+        "Propose new shard boundaries from measured rates; store the plan under an id.",
+    ),
+    "apply": Lazy(
+        "ssmd_infra.cli.roll:apply_command",
+        "Write a plan's environment file (comments kept), commit it, and perform the day roll.",
+    ),
+    "rollback": Lazy(
+        "ssmd_infra.cli.roll:rollback_command",
+        "Restore the environment file from git and roll again.",
+    ),
+}
 
-EnvArg = typer.Argument(..., help="environment name under exchanges/environments/ or a YAML path")
-JsonOpt = typer.Option(False, "--json", help="print JSON instead of a table")
-RedisOpt = typer.Option(
-    None,
-    "--redis-url",
-    envvar=REDIS_URL_VARIABLE,
-    help="Redis with the runtime's live figures (default: the one of a running `ssmd local "
-    "up`); unreachable → '-'",
+shard_app = typer.Typer(
+    cls=lazy_group(RESHARDING),
+    no_args_is_help=True,
+    help="Inspect and edit shards of an environment.",
 )
 
-
-# -- output helpers -----------------------------------------------------------------------------
-
-
-def _out(text: str = "") -> None:
-    typer.echo(text)
-
-
-def _json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2))
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> None:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ]
-        return "  ".join(parts).rstrip()
-
-    out = [line(headers), *(line(r) for r in rows)]
-    typer.echo("\n".join(out))
+# -- helpers ------------------------------------------------------------------------------------
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -129,15 +120,23 @@ def validation_report(
     """The problems `validate` reports; extend here (more checks append to `problems`).
 
     With `plan`, the environment file as that plan would write it (refused when the file
-    changed since the plan); deployment checks (budget, NATS mappings) come from
-    `cli_reshard`.
+    changed since the plan). Every failed deployment check (budget, NATS mappings,
+    Kubernetes names) is a problem too, so `validate` fails on it like on an overlap.
     """
-    from ssmd_infra.cli.reshard import add_deployment_checks, plan_document
+    from ssmd_infra.core.checks import Budget, deployment_checks  # stream specs: validate only
 
-    report = (
-        validate_environment(env) if plan is None else validate_document(*plan_document(env, plan))
-    )
-    return add_deployment_checks(report, cpu_budget, memory_budget)
+    if plan is None:
+        report = validate_environment(env)
+    else:
+        from ssmd_infra.cli.plan import plan_document  # the planner: only for --plan
+
+        report = validate_document(*plan_document(env, plan))
+    budget = Budget.parse(cpu_budget, memory_budget)
+    if report.env is not None:
+        for check in deployment_checks(report.env, budget):
+            if check.failed:
+                report.problems.append(Problem(check.message, file=report.file, path=check.name))
+    return report
 
 
 @shard_app.command("validate")
@@ -206,7 +205,7 @@ def _shard_row(
 
 @shard_app.command("list")
 def list_shards(
-    env: str = EnvArg, as_json: bool = JsonOpt, redis_url: str | None = RedisOpt
+    env: str = EnvArg, as_json: bool = JsonOpt, redis_url: str | None = LiveRedisOpt
 ) -> None:
     """SHARD SYMBOLS REPLICAS MSG/S CPU% MEM% (replicas live/max; '-' when unknown)."""
     environment, layout = _load(env)
@@ -247,7 +246,7 @@ def show(
     env: str = EnvArg,
     shard: str = typer.Argument(..., help="shard name"),
     as_json: bool = JsonOpt,
-    redis_url: str | None = RedisOpt,
+    redis_url: str | None = LiveRedisOpt,
 ) -> None:
     """One shard: selector, symbols, replicas (current/max), resources, rate, status."""
     environment, layout = _load(env)
@@ -309,7 +308,7 @@ def show(
 def symbols(
     env: str = EnvArg,
     as_json: bool = JsonOpt,
-    redis_url: str | None = RedisOpt,
+    redis_url: str | None = LiveRedisOpt,
     only: str | None = typer.Option(None, "--shard", help="only this shard's symbols"),
 ) -> None:
     """SYMBOL SHARD MSG/S: where every symbol resolves (pins included)."""

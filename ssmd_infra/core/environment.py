@@ -460,6 +460,13 @@ def _problem_of(raw_loc: tuple[Any, ...], err: Any, source: SourceMap) -> Proble
 def parse_environment(text: str | bytes, file: str) -> Environment:
     """Validate an environment document; `ConfigError` lists every problem found."""
     data, source = load_yaml(text, file)
+    return environment_from_data(data, source)
+
+
+def environment_from_data(data: Any, source: SourceMap) -> Environment:
+    """Validate an environment document already loaded by `load_yaml` (`source` locates its
+    keys); `ConfigError` lists every problem found."""
+    file = source.file
     if not isinstance(data, dict):
         raise ConfigError(
             Problem(

@@ -1,6 +1,6 @@
 """Redis key names: the contract between the runtime (writer) and reports (reader).
 
-Keys as the seed names them, all with TTLs so a dead process ages out:
+The keys, all with TTLs so a dead process ages out:
 
 - `{env}:shard:{shard}:symbols`            set of the shard's resolved symbols
 - `{env}:shard:{shard}:replicas`           number of live connector replicas

@@ -16,16 +16,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ssmd_infra.core.environment import (
     Environment,
+    environment_from_data,
     environment_path,
     load_environment,
-    parse_environment,
 )
 from ssmd_infra.core.errors import ConfigError, Problem
 from ssmd_infra.core.secmaster import SymbolSource, merge_symbols
 from ssmd_infra.core.selectors import SYMBOL_KEY, Selector
+from ssmd_infra.core.yamlsource import SourceMap, load_yaml
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,19 @@ def validate_document(
 ) -> Validation:
     """Load, check and resolve one environment document, collecting every problem."""
     try:
-        env = parse_environment(text, file)
+        data, source = load_yaml(text, file)
+    except ConfigError as exc:
+        return Validation(file, None, None, list(exc.problems))
+    return validate_loaded(data, source, secmaster)
+
+
+def validate_loaded(
+    data: Any, source: SourceMap, secmaster: SymbolSource | None = None
+) -> Validation:
+    """`validate_document` of a document already loaded by `load_yaml`."""
+    file = source.file
+    try:
+        env = environment_from_data(data, source)
     except ConfigError as exc:
         return Validation(file, None, None, list(exc.problems))
     universe = merge_symbols(env, secmaster)

@@ -2,7 +2,7 @@
 
 Every key must match (AND). A value matches by equality of the text the YAML wrote, a list
 matches any of its items, a string with `*`, `?` or `[` is a glob. The symbol's own name is
-the attribute `symbol`; the seed's `prefix: BTC*` (or `prefix: BTC`) is a glob on it.
+the attribute `symbol`; `prefix: BTC*` (or `prefix: BTC`), the older spelling, is a glob on it.
 
 A selector's *constraints* are the set of (key, allowed values) pairs; one selector is more
 specific than another when its constraints are a strict superset — `tier=1, symbol=BTC*`

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -48,6 +47,7 @@ from rich.live import Live
 
 from ssmd_infra.adapters.jetstream import REQUEST_TIMEOUT, connect, reconcile_streams
 from ssmd_infra.adapters.redis_reports import check_redis_url
+from ssmd_infra.core import local_state
 from ssmd_infra.core.environment import Environment, environment_path, load_environment
 from ssmd_infra.core.errors import SsmdError
 from ssmd_infra.core.nats_url import nats_url_problem
@@ -75,7 +75,6 @@ from ssmd_infra.local.lock import DataDirLock
 from ssmd_infra.local.restarts import Supervision
 from ssmd_infra.local.servers import ServerProcess, free_port, launch_nats, launch_redis
 
-STATE_DIR = Path(".ssmd") / "local"
 DRAIN_TIMEOUT = 30.0  # the whole ordered stop, servers excepted
 SETTLE_TIMEOUT = 10.0  # of it: until the streams hold what the paused simulator sent
 SETTLE_INTERVAL = 0.5
@@ -87,7 +86,7 @@ EVENTS_SHOWN = 6  # the supervisor's latest events under the live table
 
 
 def state_file(env_name: str) -> Path:
-    return STATE_DIR / f"{env_name}.json"
+    return local_state.state_path(env_name)
 
 
 class PipelineInterrupted(Exception):
@@ -243,53 +242,51 @@ class LocalPipeline:
         ]
 
     def _write_state(self) -> None:
-        path = state_file(self.env.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "pid": os.getpid(),
-            "env": self.env.name,
-            "env_file": str(Path(self.env_file).resolve()),
-            "nats_url": self.nats_url,
-            "redis_url": self.redis_url,
-            "data_dir": str(self.data_dir.resolve()),
-            "generation": self.rolls.generation,
-            "rolled_at": time.time(),
-            "shards": list(self.env.shards),
-            "roll_attempts": self.rolls.attempts,
-            "roll_error": self.rolls.error,
-            "roll_actions": self.rolls.actions,
-            # what runs now, for operators and the fault tests: every pid is a process group
-            "exchange": {"rest_url": self.exchange.rest_url, "ws_url": self.exchange.ws_url}
+        assert self.nats_url and self.redis_url
+        state = local_state.LocalState(
+            pid=os.getpid(),
+            env=self.env.name,
+            env_file=str(Path(self.env_file).resolve()),
+            nats_url=self.nats_url,
+            redis_url=self.redis_url,
+            data_dir=str(self.data_dir.resolve()),
+            generation=self.rolls.generation,
+            rolled_at=time.time(),
+            shards=list(self.env.shards),
+            roll_attempts=self.rolls.attempts,
+            roll_error=self.rolls.error,
+            roll_actions=list(self.rolls.actions),
+            exchange=local_state.ExchangeState(
+                rest_url=self.exchange.rest_url, ws_url=self.exchange.ws_url
+            )
             if self.exchange
             else None,
-            "children": [
-                {
-                    "kind": c.kind,
-                    "shard": c.shard,
-                    "pid": c.proc.pid,
-                    "pids": list(c.pids),
-                    "metrics_port": c.metrics_port,
-                    "restarts": c.restarts.count,
-                    "last_exit": c.restarts.last_exit,
-                    "log": str(c.log.resolve()),
-                }
+            children=[
+                local_state.ChildState(
+                    kind=c.kind,
+                    shard=c.shard,
+                    pid=c.proc.pid,
+                    pids=list(c.pids),
+                    metrics_port=c.metrics_port,
+                    restarts=c.restarts.count,
+                    last_exit=c.restarts.last_exit,
+                    log=str(c.log.resolve()),
+                )
                 for c in self.children
             ],
-            "servers": [
-                {
-                    "name": s.name,
-                    "pid": s.proc.pid,
-                    "pids": list(s.pids),
-                    "port": s.port,
-                    "restarts": s.restarts.count,
-                    "last_exit": s.restarts.last_exit,
-                }
+            servers=[
+                local_state.ServerState(
+                    name=s.name,
+                    pid=s.proc.pid,
+                    pids=list(s.pids),
+                    port=s.port,
+                    restarts=s.restarts.count,
+                    last_exit=s.restarts.last_exit,
+                )
                 for s in self.servers
             ],
-        }
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(path)
+        )
+        local_state.write(state_file(self.env.name), state)
 
     # -- supervise and observe ---------------------------------------------------------------
 

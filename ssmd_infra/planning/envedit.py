@@ -13,12 +13,9 @@ under us. A refused edit leaves the file byte-identical.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import io
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +32,19 @@ from ruamel.yaml.tokens import CommentToken
 from ssmd_infra.core.environment import (
     DEFAULT_RESOURCES,
     Environment,
+    environment_from_data,
     environment_path,
-    parse_environment,
 )
 from ssmd_infra.core.errors import ConfigError, Problem, SsmdError
+from ssmd_infra.core.files import write_atomically
 from ssmd_infra.core.quantity import canonical_quantity
-from ssmd_infra.core.resolution import Layout, Validation, resolve_with_problems, validate_document
+from ssmd_infra.core.resolution import (
+    Layout,
+    Validation,
+    resolve_with_problems,
+    validate_document,
+    validate_loaded,
+)
 from ssmd_infra.core.secmaster import merge_symbols
 from ssmd_infra.core.selectors import Selector, parse_selector_text
 from ssmd_infra.core.yamlsource import SourceMap, load_yaml
@@ -73,6 +77,7 @@ class EditResult:
 class _Loaded:
     path: Path
     raw: bytes
+    data: Any  # the document as plain data (what `load_yaml` read)
     env: Environment
     layout: Layout
     problems: list[Problem]
@@ -84,11 +89,12 @@ def _load(ref: str | Path) -> _Loaded:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read environment file {path}: {exc.strerror}") from None
-    env = parse_environment(raw, str(path))  # an unloadable file is not edited
+    data, source = load_yaml(raw, str(path))
+    env = environment_from_data(data, source)  # an unloadable file is not edited
     layout, problems = resolve_with_problems(
         env, merge_symbols(env), complete_universe=env.secmaster.source == "manual"
     )
-    return _Loaded(path, raw, env, layout, problems)
+    return _Loaded(path, raw, data, env, layout, problems)
 
 
 # -- round trip ---------------------------------------------------------------------------------
@@ -126,6 +132,7 @@ class RoundTrip:
         self._elided: tuple[str, str] | None = None  # (placeholder line, original section)
         self._text = self.original
         span = _section_span(self.original, ELIDED_SECTION, file, source)
+        self.section_line = span[0] + 1 if span is not None else 0  # 1-based, in `original`
         if span is not None:
             lines = self.original.splitlines(keepends=True)
             placeholder = f"{ELIDED_SECTION}: {{{_PLACEHOLDER_KEY}: 0}}\n"
@@ -153,22 +160,40 @@ class RoundTrip:
         self._yaml.dump(self.doc, out)
         return out.getvalue()
 
-    def text(self) -> str:
-        """The edited document: the original text with only the edited lines changed."""
+    @property
+    def elided(self) -> bool:
+        """Whether the `symbols` section was cut out (and `body()` holds its placeholder)."""
+        return self._elided is not None
+
+    def body(self) -> str:
+        """The edited document with the `symbols` section still cut out (when it was): only
+        the lines an edit changed differ from the original."""
         edited = self._dump()
         spliced = _splice(self._text, self.normal, edited)
         if spliced != edited and not _same_data(spliced, edited, self.file):
             spliced = edited  # the splice could not be trusted: take ruamel's text whole
         if self._elided is not None:
-            placeholder, section = self._elided
+            placeholder, _section = self._elided
             if spliced.count(placeholder) != 1 or not (
                 spliced.startswith(placeholder) or f"\n{placeholder}" in spliced
             ):
                 raise EditRefused(f"{self.file} unchanged: the edit moved the `symbols` section")
+        return spliced
+
+    def text(self, body: str | None = None) -> str:
+        """The edited document (of `body()`, or of the given one): the original text with
+        only the edited lines changed, the `symbols` section put back byte for byte."""
+        spliced = self.body() if body is None else body
+        if self._elided is not None:
+            placeholder, section = self._elided
             spliced = spliced.replace(placeholder, section, 1)
         if self.crlf:
             spliced = spliced.replace("\n", "\r\n")
         return ("\ufeff" if self.bom else "") + spliced
+
+    def section_lines(self) -> int:
+        """How many lines the cut-out section holds (0 when nothing was cut out)."""
+        return 0 if self._elided is None else self._elided[1].count("\n")
 
 
 def _section_span(
@@ -380,9 +405,43 @@ def _scalar(text: str) -> Any:
 # -- writing ------------------------------------------------------------------------------------
 
 
-def check_result(loaded: _Loaded, text: str) -> Validation:
-    """Validate the would-be content; `EditRefused` (nothing written) when it fails."""
-    report = validate_document(text, str(loaded.path))
+def validate_edit(loaded: _Loaded, rt: RoundTrip, body: str, text: str) -> Validation:
+    """`validate_document(text)`, without loading the `symbols` section a second time.
+
+    The edited text is `body` with the cut-out `symbols` section put back byte for byte at
+    its placeholder, so its data is `body`'s with the section's data as `loaded` read it,
+    and its lines are `body`'s with the section's lines shifted to the placeholder's place.
+    Only `body` (everything but the symbols, small) is loaded here. Without a cut-out section
+    the whole text is validated.
+    """
+    file = str(loaded.path)
+    original = loaded.env.source
+    if not rt.elided or not isinstance(loaded.data, dict) or original is None:
+        return validate_document(text, file)
+    try:
+        data, body_source = load_yaml(body, file)
+    except ConfigError:
+        return validate_document(text, file)
+    section = (ELIDED_SECTION,)
+    if not isinstance(data, dict) or data.get(ELIDED_SECTION) != {_PLACEHOLDER_KEY: 0}:
+        return validate_document(text, file)
+    placeholder_line = body_source.lines[section][0]
+    extra = rt.section_lines() - 1  # the placeholder is one line of the section's many
+    source = SourceMap(file)
+    for path, (line, column) in body_source.lines.items():
+        if path[:1] == section and len(path) > 1:
+            continue  # the placeholder's own key
+        source.lines[path] = (line + extra if line > placeholder_line else line, column)
+    shift = placeholder_line - rt.section_line
+    for path, (line, column) in original.lines.items():
+        if path[:1] == section and len(path) > 1:
+            source.lines[path] = (line + shift, column)
+    data[ELIDED_SECTION] = loaded.data.get(ELIDED_SECTION)
+    return validate_loaded(data, source)
+
+
+def check_result(loaded: _Loaded, report: Validation) -> Validation:
+    """`report` of the would-be content; `EditRefused` (nothing written) when it failed."""
     if not report.ok:
         shown = report.problems[:MAX_LISTED]
         listed = "\n".join(f"  - {p}" for p in shown)
@@ -395,38 +454,10 @@ def check_result(loaded: _Loaded, text: str) -> Validation:
     return report
 
 
-def write_atomically(path: Path, data: bytes, *, expected: bytes | None = None) -> None:
-    """Replace `path` with `data` through a temporary file and a rename.
-
-    With `expected`, refuse when the file no longer holds exactly those bytes (someone
-    edited it since it was read).
-    """
-    target = path.resolve()
-    if expected is not None:
-        try:
-            current = target.read_bytes()
-        except OSError as exc:
-            raise EditRefused(f"{path} unchanged: cannot re-read it: {exc.strerror}") from None
-        if current != expected:
-            raise EditRefused(f"{path} unchanged: it was modified while being edited; retry")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, target.stat().st_mode & 0o7777)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _finish(loaded: _Loaded, rt: RoundTrip, summary: str, write: bool) -> EditResult:
-    text = rt.text()
-    report = check_result(loaded, text)
+    body = rt.body()
+    text = rt.text(body)
+    report = check_result(loaded, validate_edit(loaded, rt, body, text))
     assert report.layout is not None
     data = text.encode("utf-8")
     if write:
@@ -606,5 +637,4 @@ __all__ = [
     "pin",
     "remove_entry",
     "unpin",
-    "write_atomically",
 ]

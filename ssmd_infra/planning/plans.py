@@ -13,6 +13,7 @@ stores the rendered file text, so what `apply` writes is byte for byte what was 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,19 +29,14 @@ from ssmd_infra.core.environment import (
     parse_environment,
 )
 from ssmd_infra.core.errors import ConfigError, SsmdError
+from ssmd_infra.core.files import write_atomically
 from ssmd_infra.core.resolution import resolve
 from ssmd_infra.core.yamlsource import load_yaml
-from ssmd_infra.planning.proposals import (
-    AddShard,
-    Op,
-    Pin,
-    PlanError,
-    Proposal,
-    Rates,
-    Situation,
-    op_from_dict,
-    slug,
-)
+from ssmd_infra.planning.errors import PlanError
+from ssmd_infra.planning.ops import AddShard, Op, Pin, op_from_dict
+from ssmd_infra.planning.proposal import Proposal
+from ssmd_infra.planning.rates import Rates
+from ssmd_infra.planning.situation import Situation
 
 PLANS_DIR = Path(".ssmd") / "plans"
 PLAN_VERSION = 1
@@ -221,9 +217,8 @@ def available_plans() -> list[str]:
 def save_plan(plan: Plan) -> Path:
     path = plan.path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(plan.to_dict(), sort_keys=False, allow_unicode=True, width=100))
-    tmp.replace(path)
+    text = yaml.safe_dump(plan.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+    write_atomically(path, text.encode())
     return path
 
 
@@ -353,3 +348,11 @@ def planned_environment(plan: Plan, path: Path) -> Environment:
     return verify_rendered(
         plan.environment_after, str(path), universe, expected, complete_universe=complete
     )
+
+
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def slug(text: str) -> str:
+    """`split-tier1:2` → `split-tier1-2`: a strategy as part of a plan id (and a file name)."""
+    return _SLUG.sub("-", text.lower()).strip("-")

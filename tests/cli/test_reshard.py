@@ -26,6 +26,7 @@ from typing import Any
 import nats
 import pytest
 import redis
+import typer
 import yaml
 from cli_runner import Ssmd, in_process
 
@@ -34,7 +35,7 @@ from ssmd_infra.core import redis_keys
 from ssmd_infra.core.environment import load_environment
 from ssmd_infra.core.streams import stream_specs
 from ssmd_infra.core.subjects import internal_subject
-from ssmd_infra.deploy import rollout
+from ssmd_infra.deploy import kubernetes
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_REL = "exchanges/environments/kalshi-dev.yaml"
@@ -101,7 +102,7 @@ def ssmd(capsys: pytest.CaptureFixture[str]) -> Iterator[Ssmd]:
 
 @pytest.fixture
 def no_pulumi(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rollout, "pulumi_cli", lambda: None)
+    monkeypatch.setattr(kubernetes, "pulumi_cli", lambda: None)
 
 
 class Recorder:
@@ -169,7 +170,7 @@ class Recorder:
 @pytest.fixture
 def pulumi(monkeypatch: pytest.MonkeyPatch, repo: Path) -> Recorder:
     recorder = Recorder(repo / ENV_REL)
-    monkeypatch.setattr(rollout, "pulumi_cli", lambda: "/usr/local/bin/pulumi")
+    monkeypatch.setattr(kubernetes, "pulumi_cli", lambda: "/usr/local/bin/pulumi")
     monkeypatch.setattr("pulumi.automation.select_stack", recorder.select_stack)
     return recorder
 
@@ -415,7 +416,7 @@ def test_apply_on_kubernetes_runs_pulumi_up_with_the_env_commit(
     )
     assert pulumi.seen[-1] == planned["environment_after"]  # up deploys the written file
     assert "pulumi up: succeeded (update 42)" in result.out
-    assert rollout.commit_of_message(kwargs["message"]) == commit[:12]
+    assert kubernetes.commit_of_message(kwargs["message"]) == commit[:12]
 
 
 @pytest.mark.parametrize(
@@ -487,7 +488,7 @@ def test_apply_allow_dirty_deploys_without_committing_and_says_so(
     _, kwargs = pulumi.calls[-1]
     # the update records that it deployed uncommitted content on top of that commit
     assert kwargs["message"].endswith(f"{ENV_REL}@{base[:12]}-dirty")
-    assert rollout.commit_of_message(kwargs["message"]) == f"{base[:12]}-dirty"
+    assert kubernetes.commit_of_message(kwargs["message"]) == f"{base[:12]}-dirty"
 
 
 def test_rollback_lists_stack_history_and_restores_the_previous_commit(
@@ -638,3 +639,50 @@ async def _reset_streams(url: str, env: Any) -> None:
         for spec in stream_specs(env):
             await delete_stream(nc, spec.name)
     await reconcile_streams(url, stream_specs(env))
+
+
+def test_apply_rollback_and_day_roll_take_the_same_roll_options() -> None:
+    from typer.main import get_command
+
+    from ssmd_infra.cli.main import app
+
+    root = get_command(app)
+    context = typer.Context(root)
+
+    def roll_options(*path: str) -> list[tuple[str, ...]]:
+        command: Any = root
+        for name in path:
+            command = command.get_command(context, name)
+        names = [p.name for p in command.params]
+        start = names.index("target")
+        return [
+            (p.name, *p.opts, repr(p.default), str(getattr(p, "help", "")))
+            for p in command.params[start:]
+        ]
+
+    apply = roll_options("shard", "apply")
+    assert [o[1] for o in apply] == [
+        "--target",
+        "--allow-dirty",
+        "--allow-data-loss",
+        "--stack",
+        "--project-dir",
+        "--nats-url",
+        "--verify-timeout",
+        "--no-verify",
+    ]
+    assert roll_options("shard", "rollback") == apply
+    assert roll_options("day", "roll") == apply
+
+
+def test_an_unknown_target_is_a_usage_error_before_anything_is_read(ssmd: Ssmd, repo: Path) -> None:
+    before = (repo / ENV_REL).read_text()
+    for args in (
+        ("shard", "apply", "kalshi-dev", "--plan", "nope", "--target", "moon"),
+        ("shard", "rollback", "kalshi-dev", "--target", "moon"),
+        ("day", "roll", "kalshi-dev", "--target", "moon"),
+    ):
+        result = ssmd(*args)
+        assert result.code == 2, args
+        assert "must be one of kubernetes, local" in result.err
+    assert (repo / ENV_REL).read_text() == before

@@ -31,9 +31,9 @@ from ssmd_infra.core.selectors import Selector, parse_selector_text
 
 FILE = "env.yaml"
 
-# The seed's sample: tier shards *and* category shards. BTCUSD and ETHUSD are tier 1 and
+# A sample with tier shards *and* category shards. BTCUSD and ETHUSD are tier 1 and
 # crypto, so both tier1 and crypto claim them and neither is more specific.
-SEED_SAMPLE = textwrap.dedent(
+TIERS_AND_CATEGORIES = textwrap.dedent(
     """\
     name: kalshi-prod
     feed: kalshi
@@ -123,7 +123,7 @@ def test_the_layout_lists_each_shards_symbols_sorted() -> None:
 
 
 def test_the_seed_sample_is_rejected_as_ambiguous_for_btcusd_and_ethusd() -> None:
-    env = parse_environment(SEED_SAMPLE, FILE)
+    env = parse_environment(TIERS_AND_CATEGORIES, FILE)
     with pytest.raises(ConfigError) as caught:
         layout_of(env)
     found = caught.value.problems
@@ -269,7 +269,9 @@ def test_a_pin_wins_over_the_selectors() -> None:
 
 
 def test_a_pin_settles_an_overlap() -> None:
-    env = parse_environment(SEED_SAMPLE + "assignments: {BTCUSD: crypto, ETHUSD: tier1}\n", FILE)
+    env = parse_environment(
+        TIERS_AND_CATEGORIES + "assignments: {BTCUSD: crypto, ETHUSD: tier1}\n", FILE
+    )
     assert layout(env)["BTCUSD"] == "crypto"
     assert layout(env)["ETHUSD"] == "tier1"
 
@@ -315,23 +317,25 @@ def test_every_orphan_and_overlap_is_reported_in_one_run() -> None:
 
 
 def test_resolve_with_problems_keeps_what_did_resolve() -> None:
-    env = parse_environment(SEED_SAMPLE, FILE)
+    env = parse_environment(TIERS_AND_CATEGORIES, FILE)
     result, found = resolve_with_problems(env, merge_symbols(env))
     assert result.assignment == {"INXD-25-B4000": "tier2"}
     assert len(found) == 2
 
 
 def test_validate_document_collects_load_and_resolution_problems() -> None:
-    report = validate_document(SEED_SAMPLE, FILE)
+    report = validate_document(TIERS_AND_CATEGORIES, FILE)
     assert not report.ok and report.env is not None and report.layout is not None
     assert len(report.problems) == 2
-    report = validate_document(SEED_SAMPLE + "colour: x\n", FILE)
+    report = validate_document(TIERS_AND_CATEGORIES + "colour: x\n", FILE)
     assert report.env is None and report.layout is None
     assert [p.path for p in report.problems] == ["colour"]
 
 
 def test_a_shard_that_gets_no_symbols_is_a_warning_not_an_error() -> None:
-    text = SEED_SAMPLE.replace("category: crypto\n    replicas", "category: none\n    replicas")
+    text = TIERS_AND_CATEGORIES.replace(
+        "category: crypto\n    replicas", "category: none\n    replicas"
+    )
     report = validate_document(text, FILE)
     assert report.ok, report.problems
     assert [p.path for p in report.warnings] == ["shards.crypto"]
@@ -411,7 +415,7 @@ _spec = st.fixed_dictionaries(
 _attrs = st.fixed_dictionaries({}, optional={"tier": _values, "cat": _values})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     specs=st.lists(_spec, min_size=1, max_size=6),
     universe=st.dictionaries(st.text("ABCD", min_size=1, max_size=4), _attrs, max_size=25),

@@ -887,7 +887,8 @@ async def test_an_archiver_the_local_pipeline_kills_has_its_part_files_finalised
     shard.data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = shard.data.parent / "archiver.log"
-    args = shard.command("--metrics-port", str(port), "--batch-size", "50")[3:]  # after `ssmd`
+    # the runtime arguments, after `python -m ssmd_infra run`
+    args = shard.command("--metrics-port", str(port), "--batch-size", "50")[4:]
     child = Child(ChildSpec("archiver", shard.name, tuple(args), port), log, os.environ)
     proc = child.proc
     pipeline = local.LocalPipeline(str(shard.env_file), shard.data, nats_url=shard.nats_url)
