@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from ssmd_infra.adapters.files import write_atomically
 from ssmd_infra.cli.output import out as _out
 from ssmd_infra.cli.output import table
 from ssmd_infra.cli.params import EnvArg, ProjectOpt, StackOpt
@@ -32,7 +33,6 @@ from ssmd_infra.core.environment import (
     parse_environment,
 )
 from ssmd_infra.core.errors import ConfigError, SsmdError
-from ssmd_infra.core.files import write_atomically
 from ssmd_infra.core.resolution import layout_of, load_layout
 from ssmd_infra.deploy import git, kubernetes
 from ssmd_infra.deploy import local as local_target

@@ -14,7 +14,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ssmd_infra.core.errors import SsmdError
-from ssmd_infra.core.files import write_atomically
 
 STATE_DIR = Path(".ssmd") / "local"  # relative: the directory `ssmd local up` runs in
 
@@ -83,6 +82,10 @@ class LocalState(BaseModel):
     children: list[ChildState] = []
     servers: list[ServerState] = []
 
+    def dump(self) -> bytes:
+        """The file's content (written by `ssmd_infra.adapters.files.write_local_state`)."""
+        return self.model_dump_json(indent=2).encode()
+
 
 def state_path(env_name: str) -> Path:
     """`.ssmd/local/{env}.json`, relative to the working directory."""
@@ -109,9 +112,3 @@ def load(path: Path) -> LocalState:
             for error in exc.errors()
         )
         raise SsmdError(f"{path} is not a local pipeline state file: {problems}") from None
-
-
-def write(path: Path, state: LocalState) -> None:
-    """Replace `path` with `state` at once (readers never see a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, state.model_dump_json(indent=2).encode())

@@ -45,6 +45,7 @@ from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.live import Live
 
+from ssmd_infra.adapters.files import write_local_state
 from ssmd_infra.adapters.jetstream import REQUEST_TIMEOUT, connect, reconcile_streams
 from ssmd_infra.adapters.redis_reports import check_redis_url
 from ssmd_infra.core import local_state
@@ -286,7 +287,7 @@ class LocalPipeline:
                 for s in self.servers
             ],
         )
-        local_state.write(state_file(self.env.name), state)
+        write_local_state(state_file(self.env.name), state)
 
     # -- supervise and observe ---------------------------------------------------------------
 

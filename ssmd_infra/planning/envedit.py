@@ -29,6 +29,7 @@ from ruamel.yaml.error import YAMLError as RuamelYAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 from ruamel.yaml.tokens import CommentToken
 
+from ssmd_infra.adapters.files import write_atomically
 from ssmd_infra.core.environment import (
     DEFAULT_RESOURCES,
     Environment,
@@ -36,7 +37,6 @@ from ssmd_infra.core.environment import (
     environment_path,
 )
 from ssmd_infra.core.errors import ConfigError, Problem, SsmdError
-from ssmd_infra.core.files import write_atomically
 from ssmd_infra.core.quantity import canonical_quantity
 from ssmd_infra.core.resolution import (
     Layout,

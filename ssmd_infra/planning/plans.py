@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from ssmd_infra.adapters.files import write_atomically
 from ssmd_infra.core.environment import (
     Environment,
     environment_path,
@@ -29,7 +30,6 @@ from ssmd_infra.core.environment import (
     parse_environment,
 )
 from ssmd_infra.core.errors import ConfigError, SsmdError
-from ssmd_infra.core.files import write_atomically
 from ssmd_infra.core.resolution import resolve
 from ssmd_infra.core.yamlsource import load_yaml
 from ssmd_infra.planning.errors import PlanError

@@ -22,6 +22,7 @@ import pytest
 import redis
 from cli_runner import Ssmd, in_process
 
+from ssmd_infra.adapters.files import write_local_state
 from ssmd_infra.adapters.redis_reports import ShardLive, read_live, shard_status
 from ssmd_infra.core import local_state, redis_keys
 from ssmd_infra.core.environment import parse_environment
@@ -508,7 +509,7 @@ def test_the_redis_of_a_running_local_pipeline_is_found(
 ) -> None:
     seed_redis(redis_url, env_name(env_file))
     state = tmp_path / ".ssmd" / "local" / f"{env_name(env_file)}.json"
-    local_state.write(state, running_state(env_file, redis_url))
+    write_local_state(state, running_state(env_file, redis_url))
     r = ssmd("shard", "list", str(env_file))
     assert r.out.splitlines()[1].split()[2] == "2/2"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ssmd_infra.adapters.files import write_local_state
 from ssmd_infra.core import local_state
 from ssmd_infra.core.errors import SsmdError
 from ssmd_infra.core.local_state import LocalState
@@ -33,7 +34,7 @@ PIPELINE = textwrap.dedent(
 
     def roll(*_):
         state = local_state.load(path)
-        local_state.write(path, state.model_copy(update={
+        write_local_state(path, state.model_copy(update={
             "roll_attempts": state.roll_attempts + 1,
             "generation": state.generation + (0 if error else 1),
             "roll_error": error,
@@ -82,7 +83,7 @@ def start_pipeline(workdir: Path, error: str = "") -> Iterator[subprocess.Popen[
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        local_state.write(path, a_state(workdir / "kalshi-dev.yaml", proc.pid))
+        write_local_state(path, a_state(workdir / "kalshi-dev.yaml", proc.pid))
         yield proc
     finally:
         proc.kill()
@@ -125,7 +126,7 @@ def test_a_state_file_of_a_dead_process_is_stale(workdir: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     path = local_state.state_path("kalshi-dev")
-    local_state.write(path, a_state(workdir / "kalshi-dev.yaml", dead.pid))
+    write_local_state(path, a_state(workdir / "kalshi-dev.yaml", dead.pid))
     with pytest.raises(SsmdError, match=rf"\(pid {dead.pid}\) is not running any more"):
         local_target.running_pipeline("kalshi-dev")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ssmd_infra.adapters.files import write_local_state
 from ssmd_infra.core import local_state
 from ssmd_infra.core.errors import SsmdError
 from ssmd_infra.core.local_state import LocalState, LocalStateMissing
@@ -40,7 +41,7 @@ def test_the_path_is_per_environment_under_dot_ssmd() -> None:
 def test_what_is_written_is_what_is_loaded(tmp_path: Path) -> None:
     path = tmp_path / ".ssmd" / "local" / "kalshi-dev.json"
     state = a_state()
-    local_state.write(path, state)
+    write_local_state(path, state)
     assert local_state.load(path) == state
     assert json.loads(path.read_text())["roll_attempts"] == 3  # plain JSON for operators
     assert [p.name for p in path.parent.iterdir()] == ["kalshi-dev.json"]

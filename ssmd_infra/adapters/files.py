@@ -1,4 +1,5 @@
-"""Replacing a file so that a reader never sees it half written.
+"""Replacing a file so that a reader never sees it half written (shared I/O: the core only
+reads the files it is given).
 
 Every file ssmd rewrites in place (an environment YAML after an edit or a roll, a stored plan,
 the local pipeline's state file) goes through `write_atomically`: the bytes go to a temporary
@@ -14,6 +15,7 @@ import secrets
 from pathlib import Path
 
 from ssmd_infra.core.errors import SsmdError
+from ssmd_infra.core.local_state import LocalState
 
 
 class FileChanged(SsmdError):
@@ -49,3 +51,9 @@ def write_atomically(path: Path, data: bytes, *, expected: bytes | None = None) 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_local_state(path: Path, state: LocalState) -> None:
+    """Replace the local pipeline's state file `path` at once (readers never see half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, state.dump())

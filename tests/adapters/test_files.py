@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ssmd_infra.core.files import FileChanged, write_atomically
+from ssmd_infra.adapters.files import FileChanged, write_atomically
 
 
 def test_a_refused_write_leaves_the_file_and_no_temporary(tmp_path: Path) -> None:
