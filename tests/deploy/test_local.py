@@ -27,6 +27,7 @@ PIPELINE = textwrap.dedent(
     """
     import signal, sys, time
     from pathlib import Path
+    from ssmd_infra.adapters.files import write_local_state
     from ssmd_infra.core import local_state
 
     path = Path(sys.argv[1])
