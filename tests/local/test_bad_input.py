@@ -76,10 +76,13 @@ def rest_only() -> Iterator[str]:
 
 
 def up(ssmd: Ssmd, tmp_path: Path, *args: str) -> tuple[int, str]:
+    # processes this test session started before (e.g. its shared servers) are not the run's
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     result = ssmd(
         "local", "up", ENV_FILE, "--data-dir", str(tmp_path / "data"), "--for", "1", *args
     )
-    assert psutil.Process().children(recursive=True) == [], "a process was left behind"
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert left == [], "a process was left behind"
     return result.code, " ".join(result.err.split())
 
 
@@ -216,11 +219,12 @@ def test_a_data_dir_that_cannot_be_written_is_named(ssmd: Ssmd, tmp_path: Path) 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     data = blocker / "data"  # under a regular file: nobody can create it, root included
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     result = ssmd("local", "up", ENV_FILE, "--data-dir", str(data), "--for", "1")
     err = " ".join(result.err.split())
     assert result.code == 1
     assert f"cannot write the data dir {data}" in err
-    assert psutil.Process().children(recursive=True) == []
+    assert [p for p in psutil.Process().children(recursive=True) if p.pid not in before] == []
 
 
 def test_a_second_run_on_a_data_dir_in_use_is_refused_naming_the_pid(
