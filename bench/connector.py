@@ -474,7 +474,7 @@ async def floor(bench: Bench, seconds: float, role: str = "floor") -> dict[str, 
     wait_line(sim, "listening")
     args = [role, f"ws://127.0.0.1:{port}/trade-api/ws/v2", str(seconds)]
     if role == "floor-raw":
-        from runtime.connector import READ_INTERVAL
+        from runtime.connector.settings import READ_INTERVAL
 
         read_interval = bench.read_interval
         args.append(str(READ_INTERVAL if read_interval is None else read_interval))

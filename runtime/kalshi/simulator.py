@@ -8,11 +8,12 @@ Generation is paced on a timer: every `tick` seconds the messages that are due a
 markets (so the work is proportional to messages, not to markets). Each market event is
 built and serialised ONCE and fanned out to every subscription on that market, spliced
 into an envelope carrying that subscription's own `sid`/`seq`: two connector replicas see
-byte-identical `msg` objects, which is what `Nats-Msg-Id` deduplication relies on. Markets
-nobody subscribes to generate nothing.
+byte-identical `msg` objects (a trade's `trade_id` is what deduplicates it across them).
+Markets nobody subscribes to generate nothing.
 
 Faults, as methods and over HTTP (`POST /_sim/...`) for a simulator in another process:
-drop every connection, skip sequence numbers, send malformed frames, refuse auth, make the
+drop every connection, skip sequence numbers, send malformed frames, repeat `ticker` payloads
+byte for byte (method only), refuse auth, make the
 next REST requests fail with a status (429/5xx), change the rate, pause/resume.
 
 Sends await the socket, so a slow client slows generation (back-pressure) rather than
@@ -39,7 +40,7 @@ from aiohttp import WSMsgType, web
 from ssmd_infra.core.errors import SsmdError
 
 from .auth import load_public_key, verify_headers
-from .protocol import MAX_TICKERS_PER_SUBSCRIPTION, message_id
+from .protocol import MAX_TICKERS_PER_SUBSCRIPTION, TRADE_ID_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Market:
     volume: int = 0
     open_interest: int = 0
     market_id: str = ""
+    last_ticker: bytes = b""  # the last `ticker` payload (for the repeat fault)
 
     def __post_init__(self) -> None:
         self.market_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"kalshi-sim:{self.ticker}"))
@@ -165,7 +167,7 @@ class KalshiSimulator:
                 },
             )
         self.sent: Counter[tuple[str, str]] = Counter()
-        self.sent_ids: set[str] = set()
+        self.sent_ids: set[str] = set()  # the `Nats-Msg-Id` of each trade sent (`record`)
         self.frames_out = 0
         self.auth_failures = 0
         self.rest_requests = 0
@@ -178,6 +180,7 @@ class KalshiSimulator:
         self._paused = False
         self._refuse_auth = False
         self._rest_failures: list[int] = []
+        self._repeat_tickers = 0
         self._runner: web.AppRunner | None = None
         self._generator: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -285,6 +288,12 @@ class KalshiSimulator:
         frames = [JUNK_FRAMES[i % len(JUNK_FRAMES)] for i in range(n)]
         for conn in list(self._conns):
             self._spawn(self._send_all(conn, frames))
+
+    def repeat_tickers(self, n: int) -> None:
+        """The next `n` `ticker` messages repeat their market's previous `ticker` payload
+        byte for byte (each under its own `seq`): Kalshi does this when a price moves A→B→A
+        within one second (`ts` has whole seconds). Each is a distinct message."""
+        self._repeat_tickers += n
 
     def refuse_auth(self, on: bool = True) -> None:
         """While on, every WebSocket upgrade and REST request is answered 401."""
@@ -587,11 +596,14 @@ class KalshiSimulator:
         trade_id: str | None = None
         if msg_type == "trade":
             body, trade_id = self._trade(market, ts)
+        elif self._repeat_tickers and market.last_ticker:
+            self._repeat_tickers -= 1
+            body = market.last_ticker
         else:
-            body = self._ticker(market, ts)
+            body = market.last_ticker = self._ticker(market, ts)
         self.sent[(msg_type, ticker)] += 1
-        if self.record and len(self.sent_ids) < self.record_limit:
-            self.sent_ids.add(message_id(msg_type, ticker, body, trade_id))
+        if self.record and trade_id is not None and len(self.sent_ids) < self.record_limit:
+            self.sent_ids.add(TRADE_ID_PREFIX + trade_id)
         head = b'{"type":"' + msg_type.encode() + b'","sid":'
         tail = b',"msg":' + body + b"}"
         for sub in tuple(by_channel[msg_type]):

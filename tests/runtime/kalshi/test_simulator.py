@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from runtime.kalshi.auth import KalshiSigner, generate_key_pair
-from runtime.kalshi.protocol import KalshiProtocol, message_id
+from runtime.kalshi.protocol import KalshiProtocol
 from runtime.kalshi.simulator import KalshiSimulator
 
 REPO = Path(__file__).resolve().parents[3]
@@ -469,8 +469,20 @@ def test_cli_rejects_an_unreadable_public_key(tmp_path: Path) -> None:
     assert "cannot read --public-key" in result.stderr and "absent.pem" in result.stderr
 
 
-def test_message_id_matches_what_the_protocol_computes() -> None:
-    body = b'{"market_ticker":"A","price":1}'
-    proto = KalshiProtocol(["ticker"])
-    frame = proto.receive(b'{"type":"ticker","sid":3,"seq":1,"msg":' + body + b"}")
-    assert frame.msg_id == message_id("ticker", "A", body)  # type: ignore[union-attr]
+async def test_repeated_tickers_are_byte_identical_payloads_under_new_seqs(
+    sim: KalshiSimulator,
+) -> None:
+    async with connect(sim.ws_url) as ws:
+        await send(
+            ws, id=1, cmd="subscribe", params={"channels": ["ticker"], "market_tickers": ["BTCUSD"]}
+        )
+        await next_of(ws, "subscribed")
+        seen = [await next_of(ws, "ticker")]
+        sim.repeat_tickers(3)  # the market's last payload, three more times
+        while len(seen) < 20:
+            seen.append(await next_of(ws, "ticker"))
+    bodies = [json.dumps(m["msg"], sort_keys=True) for m in seen]
+    runs = [i for i in range(len(bodies) - 3) if len(set(bodies[i : i + 4])) == 1]
+    assert len(runs) == 1, "one payload, sent four times in a row"  # otherwise all differ
+    seqs = [m["seq"] for m in seen[runs[0] : runs[0] + 4]]
+    assert seqs == list(range(seqs[0], seqs[0] + 4))  # each under its own seq

@@ -21,8 +21,11 @@ from nats.js import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import eventually, running
 
-from runtime.connector import Connector, signer_from_environment
+from runtime.connector.command import signer_from_environment
+from runtime.connector.service import Connector
+from runtime.connector.settings import ConnectorSettings
 from runtime.kalshi.auth import generate_key_pair
+from runtime.kalshi.protocol import parse_origin_id
 from runtime.kalshi.simulator import KalshiSimulator
 from runtime.membership import split
 from ssmd_infra.adapters.jetstream import reconcile_streams
@@ -33,7 +36,7 @@ from ssmd_infra.core.streams import internal_stream_spec
 from ssmd_infra.core.subjects import internal_stream, parse_internal_subject
 from ssmd_infra.local.servers import free_port, start_nats, start_redis
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 TIER1 = ["BTCUSD", "ETHUSD", "SOLUSD", "INXD-25-B4000", "INXD-25-B4012.5", "NASDAQ100-25-B20000"]
 TIER2 = ["KXHIGHNY-24DEC05-B43.5", "KXHIGHNY-24DEC05-B44.5", "FED-25DEC-T4.25", "PRES-2028-DEM"]
@@ -74,7 +77,7 @@ class Setup:
         self.nats_url = nats_url
         self.sim = sim
 
-    def connector(self, **options: Any) -> Connector:
+    def connector(self, symbol_source: Any = None, **options: Any) -> Connector:
         defaults: dict[str, Any] = {
             "nats_url": self.nats_url,
             "kalshi_ws_url": self.sim.ws_url,
@@ -82,7 +85,9 @@ class Setup:
             "client_options": {"backoff_initial": 0.05, "backoff_max": 0.2},
         }
         defaults.update(options)
-        return Connector(self.env, self.shard, **defaults)
+        return Connector(
+            self.env, self.shard, ConnectorSettings(**defaults), symbol_source=symbol_source
+        )
 
     def sent(self) -> int:
         return sum(self.sim.sent.values())
@@ -184,7 +189,20 @@ async def test_frames_reach_the_shard_stream_once_with_msg_ids_and_encoded_subje
     # every frame the exchange generated (for the shard's markets: only those were subscribed)
     # is stored, once
     assert len(messages) == setup.sent()
-    assert {msg_id for _, msg_id in messages} == setup.sim.sent_ids
+    ids = [msg_id for _, msg_id in messages]
+    assert len(set(ids)) == len(ids)
+    trades = {i for i in ids if i.startswith("trade:")}
+    assert trades == setup.sim.sent_ids  # a trade is its trade_id
+    # every other frame is its origin: one connection epoch, and per sid seq 1, 2, 3, ...
+    origins = [parse_origin_id(i) for i in ids if i not in trades]
+    assert origins and None not in origins
+    assert len({o[0] for o in origins if o is not None}) == 1
+    by_sid: dict[int | None, list[int | None]] = {}
+    for origin in origins:
+        assert origin is not None
+        by_sid.setdefault(origin[1], []).append(origin[2])
+    for seqs in by_sid.values():
+        assert sorted(s for s in seqs if s is not None) == list(range(1, len(seqs) + 1))
     parsed = [parse_internal_subject(subject) for subject, _ in messages]
     assert {p[0] for p in parsed} == {setup.shard}
     assert {p[1] for p in parsed} == {"kalshi"}
@@ -392,14 +410,26 @@ async def test_a_second_replica_takes_about_half_and_nothing_is_lost_or_stored_t
             await setup.quiesce(first, second)
             messages = await setup.messages()
     ids = [msg_id for _, msg_id in messages]
-    assert len(ids) == len(set(ids)), "a message was stored twice"
-    assert set(ids) == setup.sim.sent_ids, "a message was lost"
-    assert len(messages) == setup.sent()
-    # the handoff overlapped (both replicas forwarded some frames) and dedup absorbed it
-    assert first.received + second.received > setup.sent()
-    assert first.publisher.stats.duplicates + second.publisher.stats.duplicates == (
-        first.received + second.received - setup.sent()
-    )
+    assert len(ids) == len(set(ids)), "one id stored twice"
+    trades = [i for i in ids if i.startswith("trade:")]
+    assert len(trades) == len(set(trades)), "a trade was stored twice"
+    assert set(trades) == setup.sim.sent_ids, "a trade was lost"
+    stored: dict[tuple[str, str], int] = {}
+    for subject, _ in messages:
+        _, _, msg_type, symbol = parse_internal_subject(subject)
+        stored[(msg_type, symbol)] = stored.get((msg_type, symbol), 0) + 1
+    for key, sent in setup.sim.sent.items():  # nothing lost; only snapshot frames twice
+        assert stored.get(key, 0) >= sent if key[0] == "ticker" else stored.get(key, 0) == sent
+    # the handoff overlapped (both replicas forwarded some frames): the stream answered the
+    # second copy of each trade "duplicate"; the second copy of a ticker frame, which has its
+    # own origin, was stored and is within the handoff frames counted
+    received = first.received + second.received
+    assert received > setup.sent()
+    duplicates = first.publisher.stats.duplicates + second.publisher.stats.duplicates
+    assert duplicates == received - len(messages) > 0
+    ticker_copies = len(messages) - setup.sent()
+    handoff = first.forwarder.handoff_frames + second.forwarder.handoff_frames
+    assert 0 <= ticker_copies <= handoff
 
 
 async def test_a_dead_replicas_symbols_move_to_the_survivor_within_the_member_ttl(
@@ -474,8 +504,10 @@ async def test_new_markets_are_subscribed_intraday_and_closed_ones_dropped(setup
             "new market flowing",
         )
         markets.fail = True  # an outage keeps the last good set
-        failures = connector.secmaster_failures
-        await eventually(lambda: connector.secmaster_failures > failures + 2, "refresh failing")
+        failures = connector.symbols.secmaster_failures
+        await eventually(
+            lambda: connector.symbols.secmaster_failures > failures + 2, "refresh failing"
+        )
         assert new in connector.subscribed
         markets.fail = False
         del markets.items[new]
@@ -596,14 +628,16 @@ async def test_frames_that_cannot_be_published_safely_are_rejected_and_counted(
     from runtime.kalshi.protocol import Frame
 
     env = parse_environment(env_text("rej"), "rej.yaml")
-    connector = Connector(
-        env, "arej", nats_url=nats_url, kalshi_ws_url="ws://127.0.0.1:1", metrics_port=None
+    settings = ConnectorSettings(
+        nats_url=nats_url, kalshi_ws_url="ws://127.0.0.1:1", metrics_port=None
     )
-    connector.on_frames([Frame(b"{}", "trade.x", "BTCUSD", "t-1")])  # type with a dot
-    connector.on_frames([Frame(b"{}", "trade", "BTC\r\nUSD", "t-2")])  # control characters
-    connector.on_frames([Frame(b"{}", "trade", "BTCUSD", "t-3\r\nX: y")])  # header injection
-    connector.on_frames([Frame(b"{}", "trade", "KXHIGHNY-24DEC05-B43.5", "t-4")])
-    assert connector.rejected == 3
+    connector = Connector(env, "arej", settings)
+    on_frames = connector.forwarder.on_frames
+    on_frames([Frame(b"{}", "trade.x", "BTCUSD", "t-1")])  # type with a dot
+    on_frames([Frame(b"{}", "trade", "BTC\r\nUSD", "t-2")])  # control characters
+    on_frames([Frame(b"{}", "trade", "BTCUSD", "t-3\r\nX: y")])  # header injection
+    on_frames([Frame(b"{}", "trade", "KXHIGHNY-24DEC05-B43.5", "t-4")])
+    assert connector.forwarder.rejected == 3
     assert connector.publisher.stats.submitted == 1
     assert connector.received == 4
 
