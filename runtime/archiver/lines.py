@@ -26,11 +26,19 @@ by recovery and by `ssmd archive verify`. Keys in this order (`seq` always first
 from __future__ import annotations
 
 import json
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 
 from runtime.kalshi.protocol import GAP_ID_PREFIX, TRADE_ID_PREFIX
 
+log = logging.getLogger("ssmd.archiver.files")
+
+_READ_CHUNK = 64 << 10  # compressed bytes per read: bounds the output of one inflate call
 _SEQ_PREFIX = b'{"seq":'
 _TRADE = TRADE_ID_PREFIX.encode()
 _GAP = GAP_ID_PREFIX.encode()
@@ -126,3 +134,61 @@ _decode_gap_line = msgspec.json.Decoder(_GapLine).decode
 def gap_of(line: bytes) -> GapBody:
     """The recorded gap of a `ssmd_gap` line (raises `msgspec.DecodeError` if it is not one)."""
     return _decode_gap_line(line).frame.msg
+
+
+@dataclass
+class ScanResult:
+    good_end: int  # offset just past the last complete member
+    size: int  # the file's size
+    lines: int = 0  # lines in the complete members
+    corrupt: str | None = None  # why reading stopped before the end, if it did
+
+
+def scan_members(path: Path, offset: int, on_member: Callable[[list[bytes]], None]) -> ScanResult:
+    """Walk the complete gzip members of an archive file from `offset`; `on_member(lines)`
+    gets the lines of each complete member (without their newlines), and only of complete
+    ones. Stops at the first torn or corrupt member (`good_end` says where). Memory: one
+    read chunk, its output, and the lines of one member (one archiver batch)."""
+    size = path.stat().st_size
+    result = ScanResult(good_end=offset, size=size)
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        member_start = offset
+        inflater = zlib.decompressobj(31)
+        used = 0  # compressed bytes of the current member consumed so far
+        partial = b""  # the current member's unfinished last line
+        member: list[bytes] = []
+        data = b""
+        while True:
+            if not data:
+                data = handle.read(_READ_CHUNK)
+                if not data:
+                    break  # end of file: a member not finished here is torn
+            try:
+                out = inflater.decompress(data)
+            except zlib.error as exc:
+                log.warning("%s: corrupt gzip member at offset %d (%s)", path, member_start, exc)
+                result.corrupt = f"corrupt gzip member at offset {member_start}: {exc}"
+                return result
+            if out:
+                lines = (partial + out).split(b"\n")
+                partial = lines.pop()
+                member.extend(lines)
+            if not inflater.eof:
+                used += len(data)
+                data = b""
+                continue
+            rest = inflater.unused_data
+            used += len(data) - len(rest)
+            if partial:  # a last line without its newline (not ours, but a line)
+                member.append(partial)
+            on_member(member)
+            result.lines += len(member)
+            member_start += used
+            result.good_end = member_start
+            used, partial, member = 0, b"", []
+            inflater = zlib.decompressobj(31)
+            data = rest
+    if result.good_end < size and result.corrupt is None:
+        result.corrupt = f"torn gzip member at offset {result.good_end} ({size} bytes)"
+    return result

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
 from array import array
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.archiver.lines import line_seq
+from runtime.archiver.lines import line_seq, scan_members
 from runtime.archiver.manifest import (
     FINAL_SUFFIX,
     PART_SUFFIX,
@@ -29,69 +27,6 @@ from runtime.archiver.manifest import (
 from runtime.archiver.writer import ArchiveWriter
 
 log = logging.getLogger("ssmd.archiver.files")
-
-_READ_CHUNK = 64 << 10  # compressed bytes per read: bounds the output of one inflate call
-
-
-@dataclass
-class ScanResult:
-    good_end: int  # offset just past the last complete member
-    size: int  # the file's size
-    lines: int = 0  # lines in the complete members
-
-
-def scan_members(
-    path: Path, offset: int, on_member: Callable[[int, list[int]], None]
-) -> ScanResult:
-    """Walk the complete gzip members of `path` from `offset`; `on_member(lines, seqs)` gets
-    the line count and the stream sequences of each complete member, and only of complete
-    ones. Stops at the first torn or corrupt member. Memory: one read chunk, its output,
-    and the sequences of one member (one batch)."""
-    size = path.stat().st_size
-    result = ScanResult(good_end=offset, size=size)
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        member_start = offset
-        inflater = zlib.decompressobj(31)
-        used = 0  # compressed bytes of the current member consumed so far
-        partial = b""  # the current member's unfinished last line
-        count = 0
-        seqs: list[int] = []
-        data = b""
-        while True:
-            if not data:
-                data = handle.read(_READ_CHUNK)
-                if not data:
-                    break  # end of file: a member not finished here is torn
-            try:
-                out = inflater.decompress(data)
-            except zlib.error as exc:
-                log.warning("%s: corrupt gzip member at offset %d (%s)", path, member_start, exc)
-                return result
-            if out:
-                lines = (partial + out).split(b"\n")
-                partial = lines.pop()
-                count += len(lines)
-                seqs.extend(seq for seq in map(line_seq, lines) if seq is not None)
-            if not inflater.eof:
-                used += len(data)
-                data = b""
-                continue
-            rest = inflater.unused_data
-            used += len(data) - len(rest)
-            if partial:  # a last line without its newline (not ours, but a line)
-                count += 1
-                seq = line_seq(partial)
-                if seq is not None:
-                    seqs.append(seq)
-            on_member(count, seqs)
-            result.lines += count
-            member_start += used
-            result.good_end = member_start
-            used, partial, count, seqs = 0, b"", 0, []
-            inflater = zlib.decompressobj(31)
-            data = rest
-    return result
 
 
 @dataclass
@@ -153,12 +88,13 @@ def _account_file(path: Path, entry: FileEntry, report: RecoveryReport, seqs: ar
     already counts): their lines go to `entry`, their sequences to `seqs`. Returns the
     offset past the last complete member."""
 
-    def on_member(count: int, member_seqs: list[int]) -> None:
+    def on_member(lines: list[bytes]) -> None:
+        member_seqs = [seq for seq in map(line_seq, lines) if seq is not None]
         seqs.extend(member_seqs)
         if member_seqs:
             entry.note(min(member_seqs), max(member_seqs))
-        entry.lines += count
-        report.lines += count
+        entry.lines += len(lines)
+        report.lines += len(lines)
 
     start = min(entry.bytes, path.stat().st_size)
     scanned = scan_members(path, start, on_member)

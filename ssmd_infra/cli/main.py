@@ -53,11 +53,18 @@ def _local_app() -> typer.Typer:
 # Each sub-app is imported only when its group is asked for: the runtime processes
 # (`ssmd run connector|archiver`) then start without importing the reshard and Pulumi
 # machinery, which keeps their start-up (and the window before their signal handlers) short.
+def _archive_app() -> typer.Typer:
+    from ssmd_infra.cli.archive import archive_app
+
+    return archive_app
+
+
 GROUPS: dict[str, Callable[[], typer.Typer]] = {
     "shard": _shard_app,
     "day": _day_app,
     "run": _run_app,
     "local": _local_app,
+    "archive": _archive_app,
 }
 
 
