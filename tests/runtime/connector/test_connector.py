@@ -262,9 +262,13 @@ async def test_a_dropped_websocket_reconnects_resubscribes_and_counts_the_gap(
         await setup.quiesce(connector)
         stored = await setup.stored()
         metrics = await scrape(connector)
-    assert stored == setup.sent()
+    # every frame, plus a gap record per subscription the exchange skipped seqs on
+    gap_records = connector.forwarder.gap_records
+    assert 1 <= gap_records <= len(connector.settings.channels)
+    assert stored == setup.sent() + gap_records
     assert metrics["ssmd_connector_reconnects_total"] == 1
     assert metrics["ssmd_connector_sequence_gaps_total"] >= 1
+    assert metrics["ssmd_connector_gap_records_total"] == gap_records
 
 
 async def test_malformed_frames_are_counted_and_skipped(setup: Setup) -> None:
