@@ -487,10 +487,10 @@ async def paced(bench: Bench, which: str, seconds: float) -> dict[str, float]:
         cpu1, n1, t1 = cpu_seconds(ps), await bench.stored(), time.monotonic()
         wall1 = time.time_ns()
         await asyncio.sleep(0.5)  # what was sent in the window reaches the stream
-        stored_at = await store_times(bench, await bench.stored())
     finally:
         bench.stop(consumer)
-        bench.stop(sim)
+        bench.stop(sim)  # it writes the send times as it stops
+    stored_at = await store_times(bench)
     count = n1 - n0
     sent_at = {(sid, seq): ns for sid, seq, ns in json.loads(times_file.read_text())}
     delays = sorted(
@@ -521,23 +521,31 @@ class _Origin(msgspec.Struct):
     seq: int
 
 
-async def store_times(bench: Bench, last: int) -> dict[tuple[int, int], int]:
+async def store_times(bench: Bench) -> dict[tuple[int, int], int]:
     """(sid, seq) of each frame in the stream → its store timestamp (ns, from the delivery
-    metadata in the reply subject), read with an ordered consumer."""
+    metadata in the reply subject), read in batches by an ephemeral no-ack pull consumer."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
     decode = msgspec.json.Decoder(_Origin).decode
     nc = await nats.connect(bench.nats.url)
     out: dict[tuple[int, int], int] = {}
     try:
-        sub = await nc.jetstream().subscribe(
-            f"internal.{SHARD}.>", ordered_consumer=True, stream=internal_stream(SHARD)
+        js = nc.jetstream()
+        last = (await js.stream_info(internal_stream(SHARD))).state.last_seq
+        sub = await js.pull_subscribe(
+            f"internal.{SHARD}.>",
+            stream=internal_stream(SHARD),
+            config=ConsumerConfig(ack_policy=AckPolicy.NONE, max_ack_pending=-1),
         )
-        for _ in range(last):
-            msg = await sub.next_msg(timeout=10)
-            parts = msg.reply.split(".")
-            ts = int(parts[7] if len(parts) == 9 else parts[9])
-            with contextlib.suppress(msgspec.DecodeError):
-                origin = decode(msg.data)
-                out[(origin.sid, origin.seq)] = ts
+        seen = 0
+        while seen < last:
+            for msg in await sub.fetch(5000, timeout=10):
+                seen += 1
+                parts = msg.reply.split(".")
+                ts = int(parts[7] if len(parts) == 9 else parts[9])
+                with contextlib.suppress(msgspec.DecodeError):
+                    origin = decode(msg.data)
+                    out[(origin.sid, origin.seq)] = ts
         await sub.unsubscribe()
     finally:
         await nc.close()

@@ -117,6 +117,7 @@ class GapBody(msgspec.Struct):
     sid: int
     to: int
     from_: int = msgspec.field(name="from")
+    channel: str = ""  # the subscription's message type
 
 
 class _GapFrame(msgspec.Struct):

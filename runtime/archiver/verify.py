@@ -276,7 +276,7 @@ class _ShardAudit:
         except msgspec.DecodeError as exc:
             self.report.problems.append(f"an {GAP_TYPE} line that does not parse: {exc}")
             return
-        origin = self._origin(gap.epoch, gap.sid, "")
+        origin = self._origin(gap.epoch, gap.sid, gap.channel)
         if len(origin.recorded) >= MAX_RECORDED_GAPS:
             origin.recorded_dropped = True
             return

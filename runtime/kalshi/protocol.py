@@ -476,15 +476,17 @@ def gap_record(frame: Frame) -> Frame | None:
     tell a hole the exchange left (recorded here, when it happened) from one we made.
 
     Its frame: `{"type":"ssmd_gap","sid":S,"msg":{"market_ticker":T,"epoch":E,"sid":S,
-    "from":F,"to":L}}` — exchange seqs F..L of (epoch E, sid S) never arrived; T is the market
-    of the frame that came after them (a subscription spans many markets, so the missing
-    ones may be of any of its markets). Its id is unique per gap: `gap:{E}.{S}.{F}`."""
+    "channel":C,"from":F,"to":L}}` — exchange seqs F..L of (epoch E, sid S) never arrived; C
+    is the subscription's message type and T the market of the frame that came after them (a
+    subscription spans many markets, so the missing ones may be of any of its markets). Its
+    id is unique per gap: `gap:{E}.{S}.{F}`."""
     if frame.gap_from is None or frame.seq is None:
         return None
     body = {
         "market_ticker": frame.ticker,
         "epoch": frame.epoch,
         "sid": frame.sid,
+        "channel": frame.msg_type,
         "from": frame.gap_from,
         "to": frame.seq - 1,
     }

@@ -178,6 +178,7 @@ async def test_byte_identical_tickers_are_each_archived_and_the_archive_verifies
     assert shard.stream_holes == [] and shard.stream_duplicates == 0 and not shard.part_files
     recorded = [g for o in shard.origins for g in o.recorded]
     assert len(recorded) >= 2 and all(b - a + 1 == 3 for a, b in recorded)
+    assert {o.type for o in shard.origins if o.recorded} == {"trade", "ticker"}
     assert sum(o.lines for o in shard.origins) == len(tickers)
 
     result = verify_command(str(pipeline.data), "--json")

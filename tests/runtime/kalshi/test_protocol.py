@@ -362,6 +362,7 @@ def test_a_sequence_gap_becomes_a_record_of_the_missing_seqs() -> None:
             "market_ticker": "FED-25DEC-T4.25",
             "epoch": proto.epoch,
             "sid": 2,
+            "channel": "ticker",
             "from": 2,
             "to": 4,
         },
