@@ -299,7 +299,7 @@ class _ShardAudit:
                 holes.insert(0, (1, out.first - 1))  # a subscription numbers from 1
             out.recorded = [(a, b) for a, b in state.recorded.ranges()]
             out.recorded_missing = state.recorded.covered
-            out.holes = list(_uncovered(holes, out.recorded))
+            out.holes = list(unrecorded_parts(holes, out.recorded))
             out.missing = sum(b - a + 1 for a, b in out.holes)
             if state.seqs.truncated:
                 report.problems.append(f"origin {epoch}/{sid}: too many holes to list them all")
@@ -309,7 +309,7 @@ class _ShardAudit:
         return report
 
 
-def _uncovered(
+def unrecorded_parts(
     holes: Iterable[tuple[int, int]], recorded: list[tuple[int, int]]
 ) -> Iterable[tuple[int, int]]:
     """The parts of `holes` no recorded gap covers (both sorted, inclusive ranges)."""
