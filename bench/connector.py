@@ -523,8 +523,10 @@ class _Origin(msgspec.Struct):
 
 async def store_times(bench: Bench) -> dict[tuple[int, int], int]:
     """(sid, seq) of each frame in the stream → its store timestamp (ns, from the delivery
-    metadata in the reply subject), read in batches by an ephemeral no-ack pull consumer."""
-    from nats.js.api import AckPolicy, ConsumerConfig
+    metadata in the reply subject), read in batches by a no-ack pull consumer; on a
+    JetStream error (a loaded machine can time out an API call) a new consumer resumes
+    after the last sequence read."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     decode = msgspec.json.Decoder(_Origin).decode
     nc = await nats.connect(bench.nats.url)
@@ -532,21 +534,31 @@ async def store_times(bench: Bench) -> dict[tuple[int, int], int]:
     try:
         js = nc.jetstream()
         last = (await js.stream_info(internal_stream(SHARD))).state.last_seq
-        sub = await js.pull_subscribe(
-            f"internal.{SHARD}.>",
-            stream=internal_stream(SHARD),
-            config=ConsumerConfig(ack_policy=AckPolicy.NONE, max_ack_pending=-1),
-        )
         seen = 0
-        while seen < last:
-            for msg in await sub.fetch(5000, timeout=10):
-                seen += 1
-                parts = msg.reply.split(".")
-                ts = int(parts[7] if len(parts) == 9 else parts[9])
-                with contextlib.suppress(msgspec.DecodeError):
-                    origin = decode(msg.data)
-                    out[(origin.sid, origin.seq)] = ts
-        await sub.unsubscribe()
+        for _attempt in range(10):
+            config = ConsumerConfig(
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=seen + 1,
+                inactive_threshold=60.0,
+            )
+            try:
+                sub = await js.pull_subscribe(
+                    f"internal.{SHARD}.>", stream=internal_stream(SHARD), config=config
+                )
+                while seen < last:
+                    for msg in await sub.fetch(2000, timeout=10):
+                        parts = msg.reply.split(".")
+                        off = 0 if len(parts) == 9 else 2
+                        seen = int(parts[5 + off])
+                        with contextlib.suppress(msgspec.DecodeError):
+                            origin = decode(msg.data)
+                            out[(origin.sid, origin.seq)] = int(parts[7 + off])
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+                break
+            except (nats.errors.Error, TimeoutError) as exc:
+                print(f"reading store times: {exc!r}; resuming after {seen}", file=sys.stderr)
     finally:
         await nc.close()
     return out
