@@ -81,23 +81,23 @@ class Forwarder:
             if block and buffer.full and not buffer.closed:
                 break
             taken += 1
-            for out in (frame,) if frame.gap_from is None else self._with_gap(frame):
-                ticker = out.ticker
-                subject = subjects.get((out.msg_type, ticker))
-                if subject is None:
-                    subject = self._subject(out.msg_type, ticker)
-                    if subject is None:
-                        continue
-                msg_id = out.msg_id
-                if "\r" in msg_id or "\n" in msg_id:  # would break the header block
-                    self.rejected += 1
-                    continue
-                if room > 0:
-                    direct.append((subject, out.raw, msg_id.encode()))
-                    room -= 1
-                else:
-                    buffer.offer((subject, out.raw, msg_id.encode()))
+            if frame.gap_from is not None:  # rare: the gap's record goes just before it
+                room = self._forward_gap(frame, direct, room)
             ticker = frame.ticker
+            subject = subjects.get((frame.msg_type, ticker))
+            if subject is None:
+                subject = self._subject(frame.msg_type, ticker)
+                if subject is None:
+                    continue
+            msg_id = frame.msg_id
+            if "\r" in msg_id or "\n" in msg_id:  # would break the header block: never forward
+                self.rejected += 1
+                continue
+            if room > 0:
+                direct.append((subject, frame.raw, msg_id.encode()))
+                room -= 1
+            else:
+                buffer.offer((subject, frame.raw, msg_id.encode()))
             if ticker in counts:
                 counts[ticker] += 1
             elif len(counts) < self._symbol_count_bound:
@@ -109,12 +109,24 @@ class Forwarder:
             publisher.publish_many(direct, flush=True)
         return taken
 
-    def _with_gap(self, frame: Frame) -> tuple[Frame, ...]:
+    def _forward_gap(self, frame: Frame, direct: list[Item], room: int) -> int:
+        """Queue the `ssmd_gap` record of the gap `frame` revealed (in `direct` while the
+        window has `room`, else in the buffer); returns the room left."""
         gap = gap_record(frame)
         if gap is None:
-            return (frame,)
+            return room
+        subject = self._subjects.get((gap.msg_type, gap.ticker)) or self._subject(
+            gap.msg_type, gap.ticker
+        )
+        if subject is None:
+            return room
         self.gap_records += 1
-        return (gap, frame)
+        item = (subject, gap.raw, gap.msg_id.encode())
+        if room > 0:
+            direct.append(item)
+            return room - 1
+        self.buffer.offer(item)
+        return room
 
     async def wait_ready(self) -> None:
         """Until `on_frames` takes frames again (room in the buffer, or the buffer closed)."""
