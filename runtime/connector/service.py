@@ -41,8 +41,9 @@ from ssmd_infra.core.secmaster import SymbolSource
 
 log = logging.getLogger("ssmd.connector")
 
-# A symbol this replica takes over while other replicas are live is held by its old owner
-# until that owner notices (its next heartbeat) and for one more heartbeat of grace.
+# A symbol that changes owner while other replicas are live is held by both for a while: the
+# old owner lets go one heartbeat after it notices (its next heartbeat), and an unsubscribe
+# takes effect only once the exchange has it. Frames of such symbols are counted for this long.
 HANDOFF_HEARTBEATS = 2
 
 
@@ -105,7 +106,7 @@ class Connector:
         self.registry.register(ConnectorCollector(self))
         self.health: HealthServer | None = None
         self.subscribed: frozenset[str] = frozenset()  # what this replica asked to subscribe
-        self._taking: dict[str, float] = {}  # symbol → in handoff until (monotonic)
+        self._changing: dict[str, float] = {}  # symbol → in handoff until (monotonic)
         self._rate = RateWindow()
         self._stopping = asyncio.Event()
         self._stopped = False
@@ -136,18 +137,19 @@ class Connector:
             await self.client.set_markets(sorted(desired))
 
     def _note_handoff(self, desired: frozenset[str]) -> None:
-        """Which subscribed symbols another replica may hold too, for the handoff count:
-        those released and held in grace, and those taken over from a live replica for
-        `HANDOFF_HEARTBEATS` heartbeats (until their old owner has let go)."""
+        """Which symbols another replica may hold too, for the handoff count: those released
+        and held in grace, and, while other replicas are live, those this replica takes
+        over or gives up, for `HANDOFF_HEARTBEATS` heartbeats (until the old owner has let go,
+        or the new one has taken over and the exchange has confirmed our unsubscribe)."""
         now = time.monotonic()
-        owned = self.membership.owned
         if self.membership.others():
             until = now + HANDOFF_HEARTBEATS * self.settings.heartbeat
-            for symbol in desired - self.subscribed:
-                self._taking[symbol] = until
-        for symbol in [s for s, t in self._taking.items() if t <= now or s not in desired]:
-            del self._taking[symbol]  # bounded by the desired set
-        self.forwarder.handoff = frozenset((desired - owned) | self._taking.keys())
+            for symbol in desired ^ self.subscribed:
+                self._changing[symbol] = until
+        for symbol in [s for s, t in self._changing.items() if t <= now]:
+            del self._changing[symbol]  # bounded by the shard's symbols
+        owned = self.membership.owned
+        self.forwarder.handoff = frozenset((desired - owned) | self._changing.keys())
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -219,7 +221,9 @@ class Connector:
         for name in ("heartbeat", "secmaster", "rate"):
             await cancel(tasks.get(name))
         if self._failed is None and self.membership.known and self.membership.others():
-            # hand over: survivors see us gone at their next heartbeat and subscribe first
+            # hand over: survivors see us gone at their next heartbeat and subscribe first;
+            # from now on what we still receive, they may receive too
+            self.forwarder.handoff = self.subscribed
             await self.membership.leave()
             await asyncio.sleep(self.settings.heartbeat * 2)
         else:
@@ -270,7 +274,7 @@ class Connector:
             if joining and registered:  # the old owners let go from now on, not from before
                 joining = False
                 until = time.monotonic() + HANDOFF_HEARTBEATS * self.settings.heartbeat
-                self._taking = dict.fromkeys(self._taking, until)
+                self._changing = dict.fromkeys(self._changing, until)
             await self._apply_subscriptions()
             if self.reporter is not None:
                 try:
