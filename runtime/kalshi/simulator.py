@@ -13,7 +13,7 @@ Markets nobody subscribes to generate nothing.
 
 Faults, as methods and over HTTP (`POST /_sim/...`) for a simulator in another process:
 drop every connection, skip sequence numbers, send malformed frames, repeat `ticker` payloads
-byte for byte (method only), refuse auth, make the
+byte for byte (`identical_tickers`, method only), refuse auth, make the
 next REST requests fail with a status (429/5xx), change the rate, pause/resume.
 
 Sends await the socket, so a slow client slows generation (back-pressure) rather than
@@ -180,7 +180,7 @@ class KalshiSimulator:
         self._paused = False
         self._refuse_auth = False
         self._rest_failures: list[int] = []
-        self._repeat_tickers = 0
+        self._identical_tickers = False
         self._runner: web.AppRunner | None = None
         self._generator: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -289,11 +289,11 @@ class KalshiSimulator:
         for conn in list(self._conns):
             self._spawn(self._send_all(conn, frames))
 
-    def repeat_tickers(self, n: int) -> None:
-        """The next `n` `ticker` messages repeat their market's previous `ticker` payload
+    def identical_tickers(self, on: bool = True) -> None:
+        """While on, every `ticker` message repeats its market's previous `ticker` payload
         byte for byte (each under its own `seq`): Kalshi does this when a price moves A→B→A
         within one second (`ts` has whole seconds). Each is a distinct message."""
-        self._repeat_tickers += n
+        self._identical_tickers = on
 
     def refuse_auth(self, on: bool = True) -> None:
         """While on, every WebSocket upgrade and REST request is answered 401."""
@@ -596,8 +596,7 @@ class KalshiSimulator:
         trade_id: str | None = None
         if msg_type == "trade":
             body, trade_id = self._trade(market, ts)
-        elif self._repeat_tickers and market.last_ticker:
-            self._repeat_tickers -= 1
+        elif self._identical_tickers and market.last_ticker:
             body = market.last_ticker
         else:
             body = market.last_ticker = self._ticker(market, ts)

@@ -154,8 +154,9 @@ async def test_byte_identical_tickers_are_each_archived_and_the_archive_verifies
     connector = pipeline.connector()
     async with running(connector):
         await eventually(lambda: sum(sim.sent.values()) >= 200, "traffic")
-        sim.repeat_tickers(40)  # A→B→A within a second: the same payload, new seqs
+        sim.identical_tickers(True)  # A→B→A within a second: the same payload, new seqs
         await eventually(lambda: sum(sim.sent.values()) >= 400, "traffic with repeats")
+        sim.identical_tickers(False)
         sim.skip_sequence(3)  # the exchange skips seqs on every subscription
         await eventually(lambda: sum(sim.sent.values()) >= 600, "traffic after the gap")
         await quiesce(pipeline, connector)

@@ -477,12 +477,12 @@ async def test_repeated_tickers_are_byte_identical_payloads_under_new_seqs(
             ws, id=1, cmd="subscribe", params={"channels": ["ticker"], "market_tickers": ["BTCUSD"]}
         )
         await next_of(ws, "subscribed")
-        seen = [await next_of(ws, "ticker")]
-        sim.repeat_tickers(3)  # the market's last payload, three more times
-        while len(seen) < 20:
-            seen.append(await next_of(ws, "ticker"))
-    bodies = [json.dumps(m["msg"], sort_keys=True) for m in seen]
-    runs = [i for i in range(len(bodies) - 3) if len(set(bodies[i : i + 4])) == 1]
-    assert len(runs) == 1, "one payload, sent four times in a row"  # otherwise all differ
-    seqs = [m["seq"] for m in seen[runs[0] : runs[0] + 4]]
-    assert seqs == list(range(seqs[0], seqs[0] + 4))  # each under its own seq
+        before = [await next_of(ws, "ticker") for _ in range(3)]
+        sim.identical_tickers(True)  # from now on: the market's last payload, again and again
+        during = [await next_of(ws, "ticker") for _ in range(20)]
+        sim.identical_tickers(False)
+    bodies = [json.dumps(m["msg"], sort_keys=True) for m in before + during]
+    assert len(set(bodies[:3])) == 3  # normally no two updates are identical
+    assert len(set(bodies[-10:])) == 1  # while on: one payload ...
+    seqs = [m["seq"] for m in during[-10:]]
+    assert seqs == list(range(seqs[0], seqs[0] + 10))  # ... each under its own seq
