@@ -13,7 +13,10 @@ process's own cost, not the exchange's or the server's:
 - connector: `ssmd run connector` exactly as deployed (acknowledged publishing).
 
 (a) paced: the Kalshi simulator sends 10k msg/s (100 markets x 100/s); CPU µs per message
-    over a steady window. Goal: connector ≤ 0.6x baseline. Two receive-only floors on the
+    over a steady window. Goal: connector ≤ 0.6x baseline. Also the latency each adds
+    between the exchange and storage: from the simulator's write of a frame (sent in the
+    window) to the stream's store timestamp of it, p50/p99/max (`--read-interval 0` for the
+    connector reading as data arrives). Two receive-only floors on the
     same feed, for reference: the websockets asyncio client (`recv()` per message) and the
     connector's own transport (`runtime/kalshi/transport.py`, paced like the connector).
 (b) backlogged: a replay exchange has N frames ready and writes them as fast as the
@@ -37,6 +40,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -307,15 +311,35 @@ async def role_replay(port: int, total: int, endless: bool) -> None:
         await asyncio.Future()
 
 
-async def role_sim(port: int, rate: float) -> None:
+_SID_SEQ = re.compile(rb'"sid":(\d+),"seq":(\d+)')
+SEND_TIMES_BOUND = 2_000_000  # (sid, seq) → wall-clock ns of the write, per run (≈ 200 s)
+
+
+async def role_sim(port: int, rate: float, times_file: str | None = None) -> None:
+    """The Kalshi simulator; with `times_file`, it notes when it writes each data frame (wall
+    clock, ns, keyed by the frame's sid and seq: one consumer per run) and writes them there
+    as JSON on SIGTERM, for the latency from the exchange to the stream's store timestamp."""
     from runtime.kalshi.simulator import KalshiSimulator
 
-    sim = KalshiSimulator(
+    send_times: dict[tuple[int, int], int] = {}
+
+    class TimedSimulator(KalshiSimulator):
+        async def _send(self, conn: Any, frame: bytes) -> None:
+            found = _SID_SEQ.search(frame, 0, 64)
+            if found is not None and len(send_times) < SEND_TIMES_BOUND:
+                send_times[(int(found[1]), int(found[2]))] = time.time_ns()
+            await super()._send(conn, frame)
+
+    sim = (TimedSimulator if times_file else KalshiSimulator)(
         {m: {} for m in MARKETS}, rate_per_market=rate, port=port, tick=0.001, seed=os.getpid()
     )  # a seed per run: trade ids never repeat across runs
     await sim.start()
+    done = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, done.set)
     print("listening", flush=True)
-    await asyncio.Future()
+    await done.wait()
+    if times_file:
+        Path(times_file).write_text(json.dumps([[*k, v] for k, v in send_times.items()]))
 
 
 # -- orchestration ----------------------------------------------------------------------------
@@ -441,9 +465,13 @@ async def wait_stored(bench: Bench, at_least: int, timeout: float = 10.0) -> int
 
 
 async def paced(bench: Bench, which: str, seconds: float) -> dict[str, float]:
+    """CPU per message over a steady window at 10k msg/s, and the latency the consumer adds:
+    from the simulator's write of each frame sent in that window to the stream's store
+    timestamp of that frame (p50, p99, max; both wall clocks of this machine)."""
     await bench.reset_stream()
     port = free_port()
-    sim = bench.role("sim", str(port), "100")
+    times_file = bench.workdir / f"send-times-{which}.json"
+    sim = bench.role("sim", str(port), "100", str(times_file))
     wait_line(sim, "listening")
     ws_url = f"ws://127.0.0.1:{port}/trade-api/ws/v2"
     consumer = (
@@ -454,18 +482,86 @@ async def paced(bench: Bench, which: str, seconds: float) -> dict[str, float]:
         await asyncio.sleep(3.0)  # warm up: steady state only
         ps = psutil.Process(consumer.pid)
         cpu0, n0, t0 = cpu_seconds(ps), await bench.stored(), time.monotonic()
+        wall0 = time.time_ns()
         await asyncio.sleep(seconds)
         cpu1, n1, t1 = cpu_seconds(ps), await bench.stored(), time.monotonic()
+        wall1 = time.time_ns()
+        await asyncio.sleep(0.5)  # what was sent in the window reaches the stream
     finally:
         bench.stop(consumer)
-        bench.stop(sim)
+        bench.stop(sim)  # it writes the send times as it stops
+    stored_at = await store_times(bench)
     count = n1 - n0
+    sent_at = {(sid, seq): ns for sid, seq, ns in json.loads(times_file.read_text())}
+    delays = sorted(
+        (stored - sent_at[key]) / 1e6
+        for key, stored in stored_at.items()
+        if key in sent_at and wall0 <= sent_at[key] <= wall1
+    )
     return {
         "messages": count,
         "rate": count / (t1 - t0),
         "cpu_s": cpu1 - cpu0,
         "us_per_msg": (cpu1 - cpu0) / count * 1e6 if count else float("nan"),
+        "latency_n": len(delays),
+        "p50_ms": _quantile(delays, 0.5),
+        "p99_ms": _quantile(delays, 0.99),
+        "max_ms": delays[-1] if delays else float("nan"),
     }
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class _Origin(msgspec.Struct):
+    sid: int
+    seq: int
+
+
+async def store_times(bench: Bench) -> dict[tuple[int, int], int]:
+    """(sid, seq) of each frame in the stream → its store timestamp (ns, from the delivery
+    metadata in the reply subject), read in batches by a no-ack pull consumer; on a
+    JetStream error (a loaded machine can time out an API call) a new consumer resumes
+    after the last sequence read."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    decode = msgspec.json.Decoder(_Origin).decode
+    nc = await nats.connect(bench.nats.url)
+    out: dict[tuple[int, int], int] = {}
+    try:
+        js = nc.jetstream()
+        last = (await js.stream_info(internal_stream(SHARD))).state.last_seq
+        seen = 0
+        for _attempt in range(10):
+            config = ConsumerConfig(
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=seen + 1,
+                inactive_threshold=60.0,
+            )
+            try:
+                sub = await js.pull_subscribe(
+                    f"internal.{SHARD}.>", stream=internal_stream(SHARD), config=config
+                )
+                while seen < last:
+                    for msg in await sub.fetch(2000, timeout=10):
+                        parts = msg.reply.split(".")
+                        off = 0 if len(parts) == 9 else 2
+                        seen = int(parts[5 + off])
+                        with contextlib.suppress(msgspec.DecodeError):
+                            origin = decode(msg.data)
+                            out[(origin.sid, origin.seq)] = int(parts[7 + off])
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+                break
+            except (nats.errors.Error, TimeoutError) as exc:
+                print(f"reading store times: {exc!r}; resuming after {seen}", file=sys.stderr)
+    finally:
+        await nc.close()
+    return out
 
 
 async def floor(bench: Bench, seconds: float, role: str = "floor") -> dict[str, float]:
@@ -474,7 +570,7 @@ async def floor(bench: Bench, seconds: float, role: str = "floor") -> dict[str, 
     wait_line(sim, "listening")
     args = [role, f"ws://127.0.0.1:{port}/trade-api/ws/v2", str(seconds)]
     if role == "floor-raw":
-        from runtime.connector import READ_INTERVAL
+        from runtime.connector.settings import READ_INTERVAL
 
         read_interval = bench.read_interval
         args.append(str(READ_INTERVAL if read_interval is None else read_interval))
@@ -705,6 +801,14 @@ async def main(args: argparse.Namespace) -> None:
             f"connector's transport {med('paced_raw floor', 'us_per_msg'):.1f} µs "
             f"({med('paced_raw floor', 'msgs_per_read'):.1f} messages per socket read)"
         )
+        read_interval = "default" if args.read_interval is None else f"{args.read_interval:g}"
+        for which in ("connector", "baseline"):
+            print(
+                f"(a) latency exchange → stream store, {which} (read interval {read_interval}; "
+                f"median of {args.repeat} runs): p50 {med(f'paced_{which}', 'p50_ms'):.2f} ms, "
+                f"p99 {med(f'paced_{which}', 'p99_ms'):.2f} ms, max "
+                f"{med(f'paced_{which}', 'max_ms'):.2f} ms"
+            )
     if backlog_ratios:
         print(
             f"(b) backlogged {args.backlog:,} msgs, msgs per CPU-second (median of "
@@ -774,7 +878,7 @@ def cli() -> None:
         elif role == "floor-raw":
             uvloop.run(role_floor_raw(rest[0], float(rest[1]), float(rest[2])))
         elif role == "sim":
-            uvloop.run(role_sim(int(rest[0]), float(rest[1])))
+            uvloop.run(role_sim(int(rest[0]), float(rest[1]), rest[2] if len(rest) > 2 else None))
         return
     asyncio.run(main(args))
 

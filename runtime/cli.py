@@ -8,11 +8,11 @@ run_app = typer.Typer(
     no_args_is_help=True, help="Run a runtime process (connector, archiver, simulator)."
 )
 
-from runtime.connector import connector_command  # noqa: E402
+from runtime.connector.command import connector_command  # noqa: E402
 
 run_app.command("connector")(connector_command)
 
-from runtime.archiver import archiver_command  # noqa: E402
+from runtime.archiver.command import archiver_command  # noqa: E402
 
 run_app.command("archiver")(archiver_command)
 

@@ -11,11 +11,11 @@ removing markets uses `update_subscription` on each of the group's sids; an empt
 is `unsubscribe`d. Changes that touch a group still waiting for its acks are deferred and
 applied when the acks arrive, so the state never depends on reply timing.
 
-Each data frame becomes a `Frame` carrying the exact bytes received plus a `msg_id` that is
-identical for the same exchange message on any connection (the `msg` object excludes the
-per-connection `sid`/`seq`), which is what `Nats-Msg-Id` deduplication needs. Malformed
-frames are counted and skipped, and so are well-formed messages of a type we do not
-capture (logged once per type); nothing raises out of `receive`.
+Each data frame becomes a `Frame` carrying the exact bytes received, where it came from
+(connection epoch, `sid`, `seq`) and a `msg_id` for `Nats-Msg-Id` deduplication that never
+merges two distinct exchange messages (see `message_id`). Malformed frames are counted and
+skipped, and so are well-formed messages of a type we do not capture (logged once per type);
+nothing raises out of `receive`.
 
 Order books (`orderbook_delta`): a subscription's frames are one `orderbook_snapshot` per
 market, then deltas, numbered by one `seq`. A gap on such a subscription means the book can
@@ -26,9 +26,10 @@ the group's markets on `orderbook_delta` alone): the new one starts with fresh s
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from hashlib import blake2b
 
 import msgspec
 
@@ -50,7 +51,11 @@ class Frame:
     raw: bytes  # the exact frame as received (UTF-8 bytes), forwarded unchanged to NATS
     msg_type: str  # "trade", "ticker", "orderbook_delta", ...
     ticker: str  # market_ticker
-    msg_id: str  # same for the same exchange message on every connection and replica
+    msg_id: str  # `message_id`: one id per exchange message, never shared by two
+    epoch: str = ""  # the connection it arrived on (`new_epoch`)
+    sid: int | None = None  # the exchange subscription
+    seq: int | None = None  # the exchange's sequence number on that subscription
+    gap_from: int | None = None  # seqs gap_from..seq-1 of this sid never arrived (a gap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,15 +161,67 @@ class _Pending:
     acks_left: int = 1
 
 
-def message_id(msg_type: str, ticker: str, msg: bytes, trade_id: str | None = None) -> str:
-    """The dedup id of one exchange message, from its `msg` object's bytes.
+TRADE_ID_PREFIX = "trade:"
+EPOCH_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
-    Trades carry a globally unique `trade_id`; everything else is identified by type,
-    ticker and a hash of the `msg` object, which excludes the per-connection sid/seq.
+
+def new_epoch() -> str:
+    """A connection epoch, unique across connections, replicas and process restarts: the
+    wall clock in microseconds (base 36) and 40 random bits. Two connections would need the
+    same microsecond *and* the same random draw to collide (1 in 2^40), so a connector that
+    is killed and restarted within the stream's duplicate window never reuses an id."""
+    micros, digits = time.time_ns() // 1000, []
+    while micros:
+        micros, digit = divmod(micros, 36)
+        digits.append(EPOCH_ALPHABET[digit])
+    return "".join(reversed(digits)) + os.urandom(5).hex()
+
+
+def message_id(
+    msg_type: str, epoch: str, sid: int | None, position: int | str, trade_id: str | None = None
+) -> str:
+    """The `Nats-Msg-Id` of one exchange message: equal ids are the same exchange message.
+
+    - A trade is its `trade_id` (`trade:{trade_id}`): the exchange numbers trades globally, so
+      two replicas holding a market during a handoff, or a connection that sees a trade
+      again, store it once.
+    - Every other frame is identified by its origin, `{epoch}.{sid}.{seq}`: the connection
+      (epoch: unique across restarts, `new_epoch`), the exchange subscription and the
+      exchange's sequence number on it. Content is deliberately not part of it: Kalshi's
+      `ticker` carries `ts` in whole seconds, so a price moving A→B→A within one second sends
+      byte-identical payloads that are three messages. A resend of the same frame (the
+      publisher retrying after a timeout or a NATS reconnect) keeps its id and is stored once.
+      Two replicas (or a connection before and after a reconnect) never share an epoch, so a
+      snapshot-type frame received by both during a handoff is stored twice: a counted
+      duplicate, never a loss.
+    - A frame without `seq` gets `{epoch}.{sid}.n{counter}` (`position` = `n{counter}`), the
+      counter being the frame's arrival number on its connection (`KalshiProtocol` counts
+      them): distinct frames of one connection have distinct counters and no two
+      connections share an epoch, so two messages never merge; the id is assigned once, on
+      arrival, and travels with the frame, so a resend of that frame by the publisher within
+      the connection's lifetime is still deduplicated. (`n` keeps these apart from
+      sequenced ids.)
     """
     if msg_type == "trade" and trade_id:
-        return f"trade:{trade_id}"
-    return f"{msg_type}:{ticker}:{blake2b(msg, digest_size=12).hexdigest()}"
+        return TRADE_ID_PREFIX + trade_id
+    return f"{epoch}.{'-' if sid is None else sid}.{position}"
+
+
+def parse_origin_id(msg_id: str) -> tuple[str, int | None, int | None] | None:
+    """(epoch, sid, seq) of an origin id made by `message_id`; seq None for a counter id;
+    None for a trade id or anything else."""
+    parts = msg_id.split(".")
+    if len(parts) != 3 or not parts[0] or msg_id.startswith(TRADE_ID_PREFIX):
+        return None
+    epoch, sid_text, seq_text = parts
+    try:
+        sid = None if sid_text == "-" else int(sid_text)
+        seq = None if seq_text.startswith("n") else int(seq_text)
+        if seq is None:
+            int(seq_text[1:])
+    except ValueError:
+        return None
+    return epoch, sid, seq
 
 
 class KalshiProtocol:
@@ -194,6 +251,8 @@ class KalshiProtocol:
         self._next_gid = 1
         self._deferred = False
         self._unknown_logged: set[str] = set()
+        self.epoch = new_epoch()  # replaced by every `connection_made`
+        self._unsequenced = 0  # frames without `seq` on this connection (their id counter)
 
     # -- state the transport and tests look at -------------------------------------------
 
@@ -240,8 +299,11 @@ class KalshiProtocol:
 
     # -- connection lifecycle ---------------------------------------------------------------
 
-    def connection_made(self) -> None:
-        """A fresh connection: forget every server-side id and subscribe everything again."""
+    def connection_made(self, epoch: str | None = None) -> None:
+        """A fresh connection: a new epoch (`new_epoch` unless given), forget every
+        server-side id, subscribe everything again."""
+        self.epoch = epoch if epoch is not None else new_epoch()
+        self._unsequenced = 0
         self._groups.clear()
         self._sid_group.clear()
         self._last_seq.clear()
@@ -345,15 +407,24 @@ class KalshiProtocol:
         ticker = body.market_ticker
         if not ticker or not msg_type:
             return self._malformed(f"{msg_type!r} message without market_ticker")
-        seq = env.seq
-        if seq is not None and env.sid is not None:
-            last = self._last_seq.get(env.sid)
+        seq, sid = env.seq, env.sid
+        gap_from: int | None = None
+        if seq is not None and sid is not None:
+            last = self._last_seq.get(sid)
             if last is not None:
                 if seq != last + 1:
-                    self._gap(env.sid, last + 1, seq)
-                self._last_seq[env.sid] = seq
+                    self._gap(sid, last + 1, seq)
+                    if seq > last + 1:
+                        gap_from = last + 1
+                self._last_seq[sid] = seq
         self.stats.frames += 1
-        return Frame(data, msg_type, ticker, message_id(msg_type, ticker, msg, body.trade_id))
+        if seq is not None:
+            position: int | str = seq
+        else:
+            self._unsequenced += 1
+            position = f"n{self._unsequenced}"
+        msg_id = message_id(msg_type, self.epoch, sid, position, body.trade_id)
+        return Frame(data, msg_type, ticker, msg_id, self.epoch, sid, seq, gap_from)
 
     def _malformed(self, reason: str) -> Malformed:
         self.stats.malformed += 1
@@ -446,3 +517,33 @@ class KalshiProtocol:
         elif pending.kind == "add" and group is not None:
             group.tickers.difference_update(pending.tickers)
         return pending.kind
+
+
+GAP_TYPE = "ssmd_gap"
+GAP_ID_PREFIX = "gap:"
+_encode_gap = msgspec.json.Encoder().encode
+
+
+def gap_record(frame: Frame) -> Frame | None:
+    """The record of the sequence gap `frame` revealed (None when it revealed none), forwarded
+    and archived like a message so that an audit of the archive (`ssmd archive verify`) can
+    tell a hole the exchange left (recorded here, when it happened) from one we made.
+
+    Its frame: `{"type":"ssmd_gap","sid":S,"msg":{"market_ticker":T,"epoch":E,"sid":S,
+    "channel":C,"from":F,"to":L}}` — exchange seqs F..L of (epoch E, sid S) never arrived; C
+    is the subscription's message type and T the market of the frame that came after them (a
+    subscription spans many markets, so the missing ones may be of any of its markets). Its
+    id is unique per gap: `gap:{E}.{S}.{F}`."""
+    if frame.gap_from is None or frame.seq is None:
+        return None
+    body = {
+        "market_ticker": frame.ticker,
+        "epoch": frame.epoch,
+        "sid": frame.sid,
+        "channel": frame.msg_type,
+        "from": frame.gap_from,
+        "to": frame.seq - 1,
+    }
+    raw = _encode_gap({"type": GAP_TYPE, "sid": frame.sid, "msg": body})
+    msg_id = f"{GAP_ID_PREFIX}{frame.epoch}.{frame.sid}.{frame.gap_from}"
+    return Frame(raw, GAP_TYPE, frame.ticker, msg_id, frame.epoch, frame.sid, None)

@@ -5,7 +5,7 @@ message, ≈ 40k msg/s without acking on this machine); the archiver must beat a
 fetch-and-ack loop by 2.5×. This module is the pull consumer's own logic on the runtime's one
 NATS connection (`runtime/nats/connection.py`: servers, TLS, credentials, reconnect,
 keepalive); the JetStream API calls — consumer info, create, delete — go through nats-py on a
-second connection (`runtime/archiver.py`):
+second connection (`runtime/archiver/service.py`):
 
 - `SUB {inbox}.*` on every connection; each pull request is a `PUB
   $JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer} {inbox}.{n}` with `{"batch", "max_bytes",

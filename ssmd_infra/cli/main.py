@@ -25,6 +25,7 @@ GROUPS = {
     "run": Lazy("runtime.cli:run_app", "Run a runtime process (connector, archiver, simulator)."),
     "local": Lazy("ssmd_infra.cli.local:local_app", "Run the pipeline locally, no cluster."),
     "nats": Lazy("ssmd_infra.cli.nats:nats_app", "NATS credentials and permissions."),
+    "archive": Lazy("ssmd_infra.cli.archive:archive_app", "Audit the archive on disk."),
 }
 
 app = typer.Typer(

@@ -12,7 +12,7 @@ cannot write into another shard's capture, and a reader cannot purge the archive
   nothing else: read the stream's info (the archiver checks that its stream exists), create
   the consumer (named or legacy durable create), read its info, pull (`MSG.NEXT`), ack
   (`$JS.ACK.ssmd-internal-{shard}.archiver-{shard}.>`) and delete it (the archiver's
-  resync recreates it from its ack floor: `runtime/archiver.py`). It cannot delete or purge
+  resync recreates it from its ack floor: `runtime/archiver/service.py`). It cannot delete or purge
   the stream, nor touch another consumer.
 - `client`: read-only: subscribes to `md.{feed}.>` (live readers of the republished
   subjects), creates ephemeral or durable consumers on `ssmd-client` and consumes them

@@ -65,7 +65,7 @@ def heavy(modules: set[str]) -> list[str]:
 
 def test_the_root_help_lists_every_group_without_importing_any() -> None:
     modules, out = imported_modules("--help")
-    for group in ("shard", "day", "run", "local", "nats"):
+    for group in ("shard", "day", "run", "local", "nats", "archive"):
         assert f"  {group} " in out
     assert heavy(modules) == []
     assert "ssmd_infra.cli.shard" not in modules

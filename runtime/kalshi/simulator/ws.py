@@ -39,7 +39,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from ..contract import PRIVATE_CHANNELS, PUBLIC_CHANNELS, WsError
-from ..protocol import MAX_TICKERS_PER_SUBSCRIPTION, message_id
+from ..protocol import MAX_TICKERS_PER_SUBSCRIPTION, TRADE_ID_PREFIX
 from .faults import Faults
 from .markets import Market, MarketBook
 
@@ -119,7 +119,7 @@ class WsServer:
         self.record_limit = record_limit
         self._authorize = authorize  # True: signed and valid; False: refused; None: unsigned
         self.sent: Counter[tuple[str, str]] = Counter()
-        self.sent_ids: set[str] = set()
+        self.sent_ids: set[str] = set()  # the `Nats-Msg-Id` of each trade sent (`record`)
         self.frames_out = 0
         self.auth_failures = 0
         self.slow_consumer_drops = 0
@@ -423,8 +423,10 @@ class WsServer:
         return (*named, *(s for s in every if s not in named))
 
     def _record(self, msg_type: str, ticker: str, body: bytes, trade_id: str | None) -> None:
-        if self.record and len(self.sent_ids) < self.record_limit:
-            self.sent_ids.add(message_id(msg_type, ticker, body, trade_id))
+        """Record the `Nats-Msg-Id` of each trade sent (`record`): a trade's id is the same on
+        every connection; every other frame's id names the connection it came on."""
+        if self.record and trade_id is not None and len(self.sent_ids) < self.record_limit:
+            self.sent_ids.add(TRADE_ID_PREFIX + trade_id)
 
     async def _emit(self, ticker: str) -> None:
         market = self.book.markets.get(ticker)

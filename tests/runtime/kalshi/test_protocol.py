@@ -19,6 +19,7 @@ from runtime.kalshi.auth import (
     verify_headers,
 )
 from runtime.kalshi.protocol import (
+    GAP_TYPE,
     Acknowledged,
     ErrorReply,
     Frame,
@@ -26,7 +27,10 @@ from runtime.kalshi.protocol import (
     Malformed,
     Subscribed,
     Unknown,
+    gap_record,
     message_id,
+    new_epoch,
+    parse_origin_id,
 )
 from ssmd_infra.core.errors import SsmdError
 
@@ -276,22 +280,96 @@ def test_data_frame_keeps_the_exact_bytes_and_extracts_type_and_ticker() -> None
     proto = KalshiProtocol(["trade"])
     data = trade(1, 1)
     frame = proto.receive(data)
-    assert frame == Frame(data, "trade", "KXHIGHNY-24DEC05-B43.5", "trade:t-1")
+    assert frame == Frame(data, "trade", "KXHIGHNY-24DEC05-B43.5", "trade:t-1", proto.epoch, 1, 1)
     assert frame.raw is data
     assert proto.receive(data.decode()) == frame  # text frames work too
     assert proto.stats.frames == 2
 
 
-def test_message_id_ignores_sid_and_seq_so_replicas_agree() -> None:
+def ticker(sid: int, seq: int | None, msg: bytes) -> bytes:
+    seq_part = b"" if seq is None else b',"seq":%d' % seq
+    return b'{"type":"ticker","sid":%d%b,"msg":%b}' % (sid, seq_part, msg)
+
+
+TICKER_MSG = b'{"market_ticker":"FED-25DEC-T4.25","price":48,"volume":10,"ts":1}'
+
+
+def test_byte_identical_payloads_under_different_seqs_are_distinct_messages() -> None:
+    """A→B→A within one second: Kalshi's `ticker` repeats a payload byte for byte."""
     proto = KalshiProtocol(["ticker"])
-    msg = b'{"market_ticker":"FED-25DEC-T4.25","price":48,"volume":10,"ts":1}'
-    a = proto.receive(b'{"type":"ticker","sid":1,"seq":4,"msg":' + msg + b"}")
-    b = proto.receive(b'{"type":"ticker","sid":22,"seq":90,"msg":' + msg + b"}")
-    c = proto.receive(b'{"type":"ticker","sid":1,"seq":5,"msg":' + msg.replace(b"48", b"49") + b"}")
+    frames = [proto.receive(ticker(3, seq, TICKER_MSG)) for seq in (1, 2, 3)]
+    assert all(isinstance(f, Frame) for f in frames)
+    ids = [f.msg_id for f in frames if isinstance(f, Frame)]
+    assert len(set(ids)) == 3
+    assert ids == [message_id("ticker", proto.epoch, 3, seq) for seq in (1, 2, 3)]
+    assert [parse_origin_id(i) for i in ids] == [(proto.epoch, 3, seq) for seq in (1, 2, 3)]
+
+
+def test_a_trade_is_its_trade_id_on_every_connection_and_replica() -> None:
+    first, second = KalshiProtocol(["trade"]), KalshiProtocol(["trade"])
+    a = first.receive(trade(1, 4, trade_id="d91bc706"))
+    b = second.receive(trade(9, 70, trade_id="d91bc706"))
+    assert isinstance(a, Frame) and isinstance(b, Frame)
+    assert a.msg_id == b.msg_id == "trade:d91bc706"
+    assert parse_origin_id(a.msg_id) is None
+    assert (a.epoch, a.sid, a.seq) != (b.epoch, b.sid, b.seq)  # where each copy came from
+
+
+def test_other_frames_are_their_origin_so_replicas_and_reconnects_never_merge() -> None:
+    first, second = KalshiProtocol(["ticker"]), KalshiProtocol(["ticker"])
+    a = first.receive(ticker(1, 1, TICKER_MSG))
+    b = second.receive(ticker(1, 1, TICKER_MSG))  # same sid and seq on another replica
+    first.connection_made()  # a reconnect: sids and seqs start again
+    c = first.receive(ticker(1, 1, TICKER_MSG))
     assert isinstance(a, Frame) and isinstance(b, Frame) and isinstance(c, Frame)
-    assert a.msg_id == b.msg_id == message_id("ticker", "FED-25DEC-T4.25", msg)
-    assert a.msg_id.startswith("ticker:FED-25DEC-T4.25:")
-    assert c.msg_id != a.msg_id
+    assert len({a.epoch, b.epoch, c.epoch}) == 3
+    assert len({a.msg_id, b.msg_id, c.msg_id}) == 3
+    assert a.msg_id == f"{a.epoch}.1.1"
+
+
+def test_frames_without_seq_are_numbered_per_connection() -> None:
+    proto = KalshiProtocol(["ticker"])
+    frames = [proto.receive(ticker(5, None, TICKER_MSG)) for _ in range(3)]
+    ids = [f.msg_id for f in frames if isinstance(f, Frame)]
+    assert ids == [f"{proto.epoch}.5.n{n}" for n in (1, 2, 3)]
+    assert [parse_origin_id(i) for i in ids] == [(proto.epoch, 5, None)] * 3
+    epoch = proto.epoch
+    proto.connection_made()
+    again = proto.receive(ticker(5, None, TICKER_MSG))
+    assert isinstance(again, Frame) and again.msg_id == f"{proto.epoch}.5.n1"
+    assert proto.epoch != epoch
+
+
+def test_epochs_are_unique_and_safe_in_an_id() -> None:
+    epochs = {new_epoch() for _ in range(10_000)}
+    assert len(epochs) == 10_000
+    assert all(e.isascii() and e.isalnum() and e == e.lower() for e in epochs)
+
+
+def test_a_sequence_gap_becomes_a_record_of_the_missing_seqs() -> None:
+    proto = KalshiProtocol(["trade", "ticker"])
+    proto.set_markets(["FED-25DEC-T4.25"])
+    ack_subscribes(proto, commands(proto))  # sids 1 and 2
+    proto.receive(ticker(2, 1, TICKER_MSG))
+    after = proto.receive(ticker(2, 5, TICKER_MSG))
+    assert isinstance(after, Frame) and after.gap_from == 2
+    record = gap_record(after)
+    assert record is not None and record.msg_type == GAP_TYPE
+    assert record.msg_id == f"gap:{proto.epoch}.2.2"
+    assert json.loads(record.raw) == {
+        "type": GAP_TYPE,
+        "sid": 2,
+        "msg": {
+            "market_ticker": "FED-25DEC-T4.25",
+            "epoch": proto.epoch,
+            "sid": 2,
+            "channel": "ticker",
+            "from": 2,
+            "to": 4,
+        },
+    }
+    following = proto.receive(ticker(2, 6, TICKER_MSG))
+    assert isinstance(following, Frame) and gap_record(following) is None
 
 
 def test_sequence_gaps_are_counted_per_subscription() -> None:

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from waiting import eventually
 
-from runtime.connector import Connector
+from runtime.connector.service import Connector
+from runtime.connector.settings import ConnectorSettings
 from runtime.kalshi.auth import KalshiSigner, generate_key_pair
 from runtime.kalshi.rest import (
     KalshiRestError,
@@ -306,12 +307,14 @@ shards:
     connector = Connector(
         env,
         shard,
-        nats_url=nats_url,
-        kalshi_ws_url=sim.ws_url,
-        kalshi_rest_url=sim.rest_url,
-        metrics_port=None,
-        refresh_interval=0.2,
-        client_options={"backoff_initial": 0.05, "backoff_max": 0.2},
+        ConnectorSettings(
+            nats_url=nats_url,
+            kalshi_ws_url=sim.ws_url,
+            kalshi_rest_url=sim.rest_url,
+            metrics_port=None,
+            refresh_interval=0.2,
+            client_options={"backoff_initial": 0.05, "backoff_max": 0.2},
+        ),
     )
     task = asyncio.create_task(connector.run())
     try:
@@ -322,7 +325,7 @@ shards:
         await eventually(lambda: sim.sent[("trade", new)] + sim.sent[("ticker", new)] > 0, "flow")
         sim.set_market_status(new, "closed")
         await eventually(lambda: new not in sim.subscribed_markets(), "the closed one dropped")
-        assert connector.secmaster_failures == 0
+        assert connector.symbols.secmaster_failures == 0
     finally:
         connector.stop()
         await asyncio.wait_for(task, 20)
@@ -353,18 +356,20 @@ shards:
     connector = Connector(
         env,
         shard,
-        nats_url=nats_url,
-        kalshi_ws_url=sim.ws_url,
-        kalshi_rest_url=sim.rest_url,
-        metrics_port=None,
-        refresh_interval=0.2,
-        client_options={"backoff_initial": 0.05, "backoff_max": 0.2},
+        ConnectorSettings(
+            nats_url=nats_url,
+            kalshi_ws_url=sim.ws_url,
+            kalshi_rest_url=sim.rest_url,
+            metrics_port=None,
+            refresh_interval=0.2,
+            client_options={"backoff_initial": 0.05, "backoff_max": 0.2},
+        ),
     )
     task = asyncio.create_task(connector.run())
     try:
         await eventually(lambda: sim.subscribed_markets() == crypto, "the crypto markets")
-        assert connector.unresolved == len(active) - len(crypto)  # the orphans, counted
-        assert connector.secmaster_failures == 0
+        assert connector.symbols.unresolved == len(active) - len(crypto)  # the orphans, counted
+        assert connector.symbols.secmaster_failures == 0
         assert not task.done()
     finally:
         connector.stop()

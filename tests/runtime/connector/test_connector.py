@@ -21,8 +21,11 @@ from nats.js import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import eventually, running
 
-from runtime.connector import Connector, signer_from_environment
+from runtime.connector.command import signer_from_environment
+from runtime.connector.service import Connector
+from runtime.connector.settings import ConnectorSettings
 from runtime.kalshi.auth import generate_key_pair
+from runtime.kalshi.protocol import parse_origin_id
 from runtime.kalshi.simulator import KalshiSimulator
 from runtime.membership import split
 from ssmd_infra.adapters.jetstream import reconcile_streams
@@ -34,7 +37,7 @@ from ssmd_infra.core.streams import internal_stream_spec
 from ssmd_infra.core.subjects import internal_stream, parse_internal_subject
 from ssmd_infra.local.servers import free_port, start_nats, start_redis
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 TIER1 = ["BTCUSD", "ETHUSD", "SOLUSD", "INXD-25-B4000", "INXD-25-B4012.5", "NASDAQ100-25-B20000"]
 TIER2 = ["KXHIGHNY-24DEC05-B43.5", "KXHIGHNY-24DEC05-B44.5", "FED-25DEC-T4.25", "PRES-2028-DEM"]
@@ -75,7 +78,7 @@ class Setup:
         self.nats_url = nats_url
         self.sim = sim
 
-    def connector(self, **options: Any) -> Connector:
+    def connector(self, symbol_source: Any = None, **options: Any) -> Connector:
         defaults: dict[str, Any] = {
             "nats_url": self.nats_url,
             "kalshi_ws_url": self.sim.ws_url,
@@ -83,7 +86,9 @@ class Setup:
             "client_options": {"backoff_initial": 0.05, "backoff_max": 0.2},
         }
         defaults.update(options)
-        return Connector(self.env, self.shard, **defaults)
+        return Connector(
+            self.env, self.shard, ConnectorSettings(**defaults), symbol_source=symbol_source
+        )
 
     def sent(self) -> int:
         return sum(self.sim.sent.values())
@@ -185,7 +190,20 @@ async def test_frames_reach_the_shard_stream_once_with_msg_ids_and_encoded_subje
     # every frame the exchange generated (for the shard's markets: only those were subscribed)
     # is stored, once
     assert len(messages) == setup.sent()
-    assert {msg_id for _, msg_id in messages} == setup.sim.sent_ids
+    ids = [msg_id for _, msg_id in messages]
+    assert len(set(ids)) == len(ids)
+    trades = {i for i in ids if i.startswith("trade:")}
+    assert trades == setup.sim.sent_ids  # a trade is its trade_id
+    # every other frame is its origin: one connection epoch, and per sid seq 1, 2, 3, ...
+    origins = [parse_origin_id(i) for i in ids if i not in trades]
+    assert origins and None not in origins
+    assert len({o[0] for o in origins if o is not None}) == 1
+    by_sid: dict[int | None, list[int | None]] = {}
+    for origin in origins:
+        assert origin is not None
+        by_sid.setdefault(origin[1], []).append(origin[2])
+    for seqs in by_sid.values():
+        assert sorted(s for s in seqs if s is not None) == list(range(1, len(seqs) + 1))
     parsed = [parse_internal_subject(subject) for subject, _ in messages]
     assert {p[0] for p in parsed} == {setup.shard}
     assert {p[1] for p in parsed} == {"kalshi"}
@@ -245,9 +263,13 @@ async def test_a_dropped_websocket_reconnects_resubscribes_and_counts_the_gap(
         await setup.quiesce(connector)
         stored = await setup.stored()
         metrics = await scrape(connector)
-    assert stored == setup.sent()
+    # every frame, plus a gap record per subscription the exchange skipped seqs on
+    gap_records = connector.forwarder.gap_records
+    assert 1 <= gap_records <= len(connector.channels)
+    assert stored == setup.sent() + gap_records
     assert metrics["ssmd_connector_reconnects_total"] == 1
     assert metrics["ssmd_connector_sequence_gaps_total"] >= 1
+    assert metrics["ssmd_connector_gap_records_total"] == gap_records
 
 
 async def test_malformed_frames_are_counted_and_skipped(setup: Setup) -> None:
@@ -392,15 +414,63 @@ async def test_a_second_replica_takes_about_half_and_nothing_is_lost_or_stored_t
             assert 1 <= len(second.subscribed) <= 5
             await setup.quiesce(first, second)
             messages = await setup.messages()
+    assert_handoff_lost_nothing(setup, messages, first, second)
+
+
+def assert_handoff_lost_nothing(
+    setup: Setup, messages: list[tuple[str, str]], *replicas: Connector
+) -> None:
+    """Every trade stored once, every frame stored at least once, and the copies explained:
+    the stream answered the second copy of each trade "duplicate"; the second copy of a
+    snapshot (ticker) frame has its own origin, was stored, and is among the handoff frames
+    the replicas counted."""
     ids = [msg_id for _, msg_id in messages]
-    assert len(ids) == len(set(ids)), "a message was stored twice"
-    assert set(ids) == setup.sim.sent_ids, "a message was lost"
-    assert len(messages) == setup.sent()
-    # the handoff overlapped (both replicas forwarded some frames) and dedup absorbed it
-    assert first.received + second.received > setup.sent()
-    assert first.publisher.stats.duplicates + second.publisher.stats.duplicates == (
-        first.received + second.received - setup.sent()
-    )
+    assert len(ids) == len(set(ids)), "one id stored twice"
+    trades = [i for i in ids if i.startswith("trade:")]
+    assert len(trades) == len(set(trades)), "a trade was stored twice"
+    assert set(trades) == setup.sim.sent_ids, "a trade was lost"
+    stored: dict[tuple[str, str], int] = {}
+    for subject, _ in messages:
+        _, _, msg_type, symbol = parse_internal_subject(subject)
+        stored[(msg_type, symbol)] = stored.get((msg_type, symbol), 0) + 1
+    for key, sent in setup.sim.sent.items():  # nothing lost; only snapshot frames twice
+        assert stored.get(key, 0) >= sent if key[0] == "ticker" else stored.get(key, 0) == sent
+    received = sum(r.received for r in replicas)
+    assert received > setup.sent(), "the handoff overlapped"
+    duplicates = sum(r.publisher.stats.duplicates for r in replicas)
+    assert duplicates == received - len(messages) > 0
+    ticker_copies = len(messages) - setup.sent()
+    assert 0 <= ticker_copies <= sum(r.forwarder.handoff_frames for r in replicas)
+
+
+async def test_under_load_a_replica_joining_then_leaving_loses_nothing(
+    nats_url: str, redis_url: str
+) -> None:
+    built, sim = await make_setup(nats_url, rate=300.0)  # 1800 msg/s over the shard
+    try:
+        options = {"redis_url": redis_url, "heartbeat": 0.3, "member_ttl": 3.0}
+        first = built.connector(member="replica-1", **options)
+        second = built.connector(member="replica-2", **options)
+        async with running(first):
+            await eventually(lambda: built.sent() >= 2000, "traffic to one replica")
+            async with running(second):
+                await eventually(
+                    lambda: (
+                        first.subscribed
+                        and second.subscribed
+                        and not first.subscribed & second.subscribed
+                    ),
+                    "split settled",
+                )
+                await eventually(lambda: built.sent() >= 8000, "traffic to both")
+            # the second left cleanly (deregistered, kept streaming two heartbeats)
+            await eventually(lambda: first.subscribed == frozenset(TIER1), "all back on one")
+            await eventually(lambda: built.sent() >= 12000, "traffic after the leave")
+            await built.quiesce(first, second)
+            messages = await built.messages()
+        assert_handoff_lost_nothing(built, messages, first, second)
+    finally:
+        await sim.stop()
 
 
 async def test_a_dead_replicas_symbols_move_to_the_survivor_within_the_member_ttl(
@@ -475,8 +545,10 @@ async def test_new_markets_are_subscribed_intraday_and_closed_ones_dropped(setup
             "new market flowing",
         )
         markets.fail = True  # an outage keeps the last good set
-        failures = connector.secmaster_failures
-        await eventually(lambda: connector.secmaster_failures > failures + 2, "refresh failing")
+        failures = connector.symbols.secmaster_failures
+        await eventually(
+            lambda: connector.symbols.secmaster_failures > failures + 2, "refresh failing"
+        )
         assert new in connector.subscribed
         markets.fail = False
         del markets.items[new]
@@ -504,7 +576,7 @@ async def test_with_its_own_shard_only_the_catalog_decides_carve_outs_and_is_rer
         await eventually(lambda: setup.sim.subscribed_markets() == rest, "carve-out left out")
         catalog.write_text(render_catalog(setup.env))  # the carve-out is gone again
         await eventually(lambda: setup.sim.subscribed_markets() == set(TIER1), "catalog re-read")
-    assert connector.unresolved == 0
+    assert connector.symbols.unresolved == 0
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -619,57 +691,15 @@ async def test_frames_that_cannot_be_published_safely_are_rejected_and_counted(
     from runtime.kalshi.protocol import Frame
 
     env = parse_environment(env_text("rej"), "rej.yaml")
-    connector = Connector(
-        env, "arej", nats_url=nats_url, kalshi_ws_url="ws://127.0.0.1:1", metrics_port=None
+    settings = ConnectorSettings(
+        nats_url=nats_url, kalshi_ws_url="ws://127.0.0.1:1", metrics_port=None
     )
-    connector.on_frames([Frame(b"{}", "trade.x", "BTCUSD", "t-1")])  # type with a dot
-    connector.on_frames([Frame(b"{}", "trade", "BTC\r\nUSD", "t-2")])  # control characters
-    connector.on_frames([Frame(b"{}", "trade", "BTCUSD", "t-3\r\nX: y")])  # header injection
-    connector.on_frames([Frame(b"{}", "trade", "KXHIGHNY-24DEC05-B43.5", "t-4")])
-    assert connector.rejected == 3
+    connector = Connector(env, "arej", settings)
+    on_frames = connector.forwarder.on_frames
+    on_frames([Frame(b"{}", "trade.x", "BTCUSD", "t-1")])  # type with a dot
+    on_frames([Frame(b"{}", "trade", "BTC\r\nUSD", "t-2")])  # control characters
+    on_frames([Frame(b"{}", "trade", "BTCUSD", "t-3\r\nX: y")])  # header injection
+    on_frames([Frame(b"{}", "trade", "KXHIGHNY-24DEC05-B43.5", "t-4")])
+    assert connector.forwarder.rejected == 3
     assert connector.publisher.stats.submitted == 1
     assert connector.received == 4
-
-
-# -- CPU and memory as reported to Redis ------------------------------------------------------
-
-
-def test_limits_come_from_cgroup_v2_then_v1_then_the_machine(tmp_path: Path) -> None:
-    from runtime.procstats import cpu_limit_cores, memory_limit_bytes
-
-    v2 = tmp_path / "v2"
-    v2.mkdir()
-    (v2 / "cpu.max").write_text("50000 100000\n")
-    (v2 / "memory.max").write_text("268435456\n")
-    assert cpu_limit_cores(v2) == 0.5
-    assert memory_limit_bytes(v2) == 256 * 2**20
-    v1 = tmp_path / "v1"
-    (v1 / "cpu").mkdir(parents=True)
-    (v1 / "memory").mkdir()
-    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("25000\n")
-    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(512 * 2**20))
-    assert cpu_limit_cores(v1) == 0.25
-    assert memory_limit_bytes(v1) == 512 * 2**20
-    unlimited = tmp_path / "unlimited"
-    unlimited.mkdir()
-    (unlimited / "cpu.max").write_text("max 100000\n")
-    (unlimited / "memory.max").write_text("max\n")
-    assert cpu_limit_cores(unlimited) == len(os.sched_getaffinity(0))
-    assert memory_limit_bytes(unlimited) > 256 * 2**20
-
-
-def test_cpu_and_memory_percentages_are_relative_to_the_limits(tmp_path: Path) -> None:
-    from runtime.procstats import ProcStats
-
-    (tmp_path / "cpu.max").write_text("50000 100000\n")
-    (tmp_path / "memory.max").write_text(str(2**40))
-    stats = ProcStats(cgroup_root=tmp_path)
-    wall0, cpu0 = time.monotonic(), time.process_time()
-    while time.process_time() < cpu0 + 0.3:  # burn CPU for a moment
-        pass
-    wall1, cpu1 = time.monotonic(), time.process_time()
-    cpu_pct, mem_pct = stats.sample()
-    expected = 100.0 * (cpu1 - cpu0) / (wall1 - wall0) / 0.5  # of half a core
-    assert expected * 0.75 < cpu_pct < expected * 1.25
-    assert 0.0 < mem_pct < 1.0  # tens of MiB out of 1 TiB

@@ -26,8 +26,11 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import eventually, running
 
-from runtime import archive_files
-from runtime.archiver import Archiver, consumer_name
+from runtime.archiver.manifest import DayManifest, FileEntry
+from runtime.archiver.recovery import recover
+from runtime.archiver.service import Archiver, consumer_name
+from runtime.archiver.writer import ArchiveWriter, gzip_member
+from runtime.kalshi.protocol import message_id, new_epoch
 from runtime.nats.publisher import JetStreamPublisher
 from ssmd_infra.adapters.jetstream import reconcile_streams
 from ssmd_infra.core import redis_keys
@@ -36,7 +39,7 @@ from ssmd_infra.core.streams import internal_stream_spec
 from ssmd_infra.core.subjects import encode_symbol, internal_stream, internal_subject
 from ssmd_infra.local.servers import free_port, start_nats, start_redis
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SYMBOLS = ["KXHIGHNY-24DEC05-B43.5", "FED-25DEC-T4.25", "PRES-2028-DEM"]
 TYPES = ["trade", "ticker", "orderbook_delta"]
 
@@ -71,6 +74,8 @@ class Shard:
         self.data = tmp_path / "data"
         self.sent: dict[str, tuple[str, str, bytes]] = {}  # msg id → (type, symbol, frame)
         self._n = 0
+        self.epoch = new_epoch()  # one simulated connector connection, one sid per type
+        self.exchange_seqs = dict.fromkeys(TYPES, 0)
 
     async def create(self) -> Shard:
         await reconcile_streams(self.nats_url, [internal_stream_spec(self.env, self.name)])
@@ -83,9 +88,13 @@ class Shard:
             n = self._n
             self._n += 1
             msg_type, symbol = TYPES[n % len(TYPES)], SYMBOLS[(n // len(TYPES)) % len(SYMBOLS)]
-            msg_id = f"{msg_type}:{symbol}:{uuid.uuid4().hex}"
-            body = {"market_ticker": symbol, "n": n, "yes_price": n % 99 + 1}
-            frame = json.dumps({"type": msg_type, "sid": 1, "seq": n, "msg": body}).encode()
+            sid = TYPES.index(msg_type) + 1
+            self.exchange_seqs[msg_type] += 1
+            seq = self.exchange_seqs[msg_type]
+            trade_id = uuid.uuid4().hex if msg_type == "trade" else None
+            msg_id = message_id(msg_type, self.epoch, sid, seq, trade_id)
+            body = {"market_ticker": symbol, "n": n, "yes_price": n % 99 + 1, "trade_id": trade_id}
+            frame = json.dumps({"type": msg_type, "sid": sid, "seq": seq, "msg": body}).encode()
             subject = internal_subject(self.name, "kalshi", msg_type, symbol).encode()
             self.sent[msg_id] = (msg_type, symbol, frame)
             out.append((subject, frame, msg_id.encode()))
@@ -220,12 +229,18 @@ async def test_every_message_archived_once_in_its_type_dir_with_the_decoded_symb
             assert line["type"] == msg_type and path.parent.name == msg_type
             assert line["symbol"] == symbol  # decoded: the dots are back
             assert line["frame"] == json.loads(frame)
+            # where the exchange sent it from: a trade's epoch is not carried (its id is its
+            # trade_id, shared by replicas); every other frame's is, from its origin id
+            assert line["sid"] == json.loads(frame)["sid"]
+            assert line["exchange_seq"] == json.loads(frame)["seq"]
+            assert line["epoch"] == (None if msg_type == "trade" else shard.epoch)
             assert path.parent.parent.name == shard.name
             assert path.parent.parent.parent.name == time.strftime(
                 "%Y-%m-%d", time.gmtime(line["received_ns"] / 1e9)
             )
     odd_lines = {line["id"]: (path, line) for path, line in lines if line["id"].startswith("x")}
     assert odd_lines["x1"][1]["frame_text"] == "not json{"
+    assert odd_lines["x1"][1]["epoch"] is odd_lines["x1"][1]["sid"] is None
     assert odd_lines["x2"][1]["frame"] == {"type": "ticker", "msg": {}}
     assert odd_lines["x3"][0].parent.name == "_invalid"
     assert odd_lines["x3"][1]["subject"] == f"internal.{shard.name}.junk"
@@ -421,7 +436,7 @@ async def test_sigkill_mid_file_then_restart_loses_nothing_acked(shard: Shard) -
         assert parts, "the killed archiver left its open files under .part names"
         assert not list(shard.data.rglob("*.jsonl.gz")), "no final name before rotation"
         # and a torn write at the end of one of them: half a gzip member
-        member = archive_files.gzip_member(b'{"seq":999999,"id":"torn"}\n' * 50)
+        member = gzip_member(b'{"seq":999999,"id":"torn"}\n' * 50)
         with open(parts[0], "ab") as handle:
             handle.write(member[: len(member) // 2])
         await feed_task
@@ -458,12 +473,10 @@ def test_recovery_keeps_complete_members_and_accounts_what_the_manifest_missed(
     """The files a killed archiver leaves: a `.part` the manifest knows up to its first
     member, with a torn last member; a final file renamed just before the kill, which the
     manifest does not list yet. Recovery keeps exactly the complete members."""
-    writer = archive_files.ArchiveWriter(tmp_path, "s1", "ssmd-internal-s1", rotation=3600)
+    writer = ArchiveWriter(tmp_path, "s1", "ssmd-internal-s1", rotation=3600)
 
     def member(seqs: range) -> bytes:
-        return archive_files.gzip_member(
-            b"".join(b'{"seq":%d,"id":"m%d","frame":{}}\n' % (s, s) for s in seqs)
-        )
+        return gzip_member(b"".join(b'{"seq":%d,"id":"m%d","frame":{}}\n' % (s, s) for s in seqs))
 
     day = tmp_path / "kalshi" / "2024-12-05" / "s1"
     (day / "trade").mkdir(parents=True)
@@ -472,14 +485,14 @@ def test_recovery_keeps_complete_members_and_accounts_what_the_manifest_missed(
     part.write_bytes(first + second + torn[: len(torn) // 2])
     unlisted = day / "trade" / "trade-20241205T000500Z-31.jsonl.gz"
     unlisted.write_bytes(member(range(31, 41)) + member(range(41, 46)))
-    manifest = archive_files.DayManifest(day, "kalshi", "2024-12-05", "s1", "ssmd-internal-s1")
-    entry = archive_files.FileEntry(f"trade/{part.name}", "trade", lines=10, bytes=len(first))
+    manifest = DayManifest(day, "kalshi", "2024-12-05", "s1", "ssmd-internal-s1")
+    entry = FileEntry(f"trade/{part.name}", "trade", lines=10, bytes=len(first))
     entry.note(1, 10)
     manifest.open[entry.path] = entry
     manifest.account(list(range(1, 11)))
     manifest.write()
 
-    report = writer.recover()
+    report = recover(writer)
 
     assert (report.parts, report.unlisted, report.parts_removed) == (1, 1, 0)
     assert report.truncated_bytes == len(torn) // 2
@@ -501,7 +514,7 @@ def test_recovery_keeps_complete_members_and_accounts_what_the_manifest_missed(
     assert data["open"] == []
     assert data["lines"] == 35 and data["duplicates"] == 0
     assert data["seq_ranges"] == [[1, 20], [31, 45]] and data["gaps"] == [[21, 30]]
-    assert writer.recover().lines == 0  # nothing left to recover: idempotent
+    assert recover(writer).lines == 0  # nothing left to recover: idempotent
 
 
 async def _feed(shard: Shard, batches: int, size: int) -> None:
@@ -764,9 +777,7 @@ async def test_sigterm_while_nats_does_not_answer_is_a_clean_exit(shard: Shard) 
     (day / "trade").mkdir(parents=True)
     part = day / "trade" / "trade-20241205T000000Z-1.jsonl.gz.part"
     part.write_bytes(
-        archive_files.gzip_member(
-            b"".join(b'{"seq":%d,"id":"m%d","frame":{}}\n' % (s, s) for s in range(1, 11))
-        )
+        gzip_member(b"".join(b'{"seq":%d,"id":"m%d","frame":{}}\n' % (s, s) for s in range(1, 11)))
     )
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

@@ -4,24 +4,8 @@
                  ▲                                                                   │
                  └──────────────── ack (ack-all: the round's newest message) ◀───────┘
 
-Archive lines (one JSON object per line, keys in this order; `seq` always first)::
-
-    {"seq":1234,"received_ns":1733407387123456789,"id":"trade:d91bc706-…","type":"trade",
-     "symbol":"KXHIGHNY-24DEC05-B43.5","frame":{"type":"trade","sid":11,"seq":7,"msg":{…}}}
-
-- `seq`: the message's sequence in the shard stream `ssmd-internal-{shard}` (unique per
-  shard: a line seen twice with one `seq` is an at-least-once duplicate);
-- `received_ns`: when the stream stored the message (Unix ns; ≈ the connector's receipt);
-  it also picks the day directory (UTC);
-- `id`: the `Nats-Msg-Id` header (the exchange-stable id the connector deduplicates by), or
-  null; `type` and `symbol`: from the subject `internal.{shard}.{feed}.{type}.{symbol}`,
-  the symbol decoded (`KXHIGHNY-24DEC05-B43%2E5` → `KXHIGHNY-24DEC05-B43.5`);
-- `frame`: the raw Kalshi frame, verbatim (it is JSON). A payload that is not valid JSON is
-  kept as a string under `frame_text` instead; one with a line break inside is re-encoded
-  compactly. A subject that does not parse goes to type directory `_invalid` with
-  `"subject"` and `"symbol":null`.
-
-Files, rotation, manifest and crash recovery: `runtime/archive_files.py`.
+Archive lines: `lines.py`. Files and rotation: `writer.py`; layout and manifest: `manifest.py`;
+crash recovery: `recovery.py`; reports: `reporting.py`; the command: `command.py`.
 
 Delivery and acknowledgement (at least once: nothing acknowledged is ever lost):
 
@@ -65,28 +49,25 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
-import signal
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgspec
 import redis.asyncio as aioredis
-import typer
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
-from runtime.archive_files import ArchiveWriter, FileKey, Group, RecoveryReport, finalize_shard
-from runtime.health import HealthServer, ShardMetrics
+from runtime.archiver.lines import epoch_json, frame_part
+from runtime.archiver.recovery import RecoveryReport, recover
+from runtime.archiver.reporting import ArchiverCollector, report_redis
+from runtime.archiver.writer import ArchiveWriter, FileKey, Group
+from runtime.health import HealthServer
 from runtime.membership import redis_client
 from runtime.nats.consumer import Delivery, PullClient
 from runtime.procstats import ProcStats
@@ -106,7 +87,6 @@ _SAFE_TYPE = re.compile(rb"^[A-Za-z0-9_-]{1,64}$")
 _MSG_ID_HEADER = re.compile(
     rb"NATS/1\.0\r\nNats-Msg-Id: ?([\x20\x21\x23-\x5b\x5d-\x7e]*)\r\n\r\n\Z"
 )
-_RAW = msgspec.json.Decoder(msgspec.Raw)  # validates JSON without building objects
 _T = TypeVar("_T")
 CLOSE_TIMEOUT = 2.0  # each shutdown step after the files are closed (reports, connections)
 
@@ -200,7 +180,7 @@ class Archiver:
         self.stats = ArchiverStats()
         self.recovery: RecoveryReport | None = None
         self.registry = CollectorRegistry()
-        self.registry.register(_ArchiverCollector(self))
+        self.registry.register(ArchiverCollector(self))
         self.health: HealthServer | None = None
         self._redis: aioredis.Redis | None = redis_client(redis_url) if redis_url else None
         self.redis_ok = False
@@ -222,7 +202,7 @@ class Archiver:
 
     async def run(self) -> None:
         """Recover files, connect, ensure the consumer, archive until `stop()`."""
-        self.recovery = await asyncio.to_thread(self.writer.recover)
+        self.recovery = await asyncio.to_thread(recover, self.writer)
         r = self.recovery
         if r.parts or r.parts_removed or r.unlisted:
             log.warning(
@@ -647,12 +627,17 @@ class Archiver:
             if info is None:
                 info = self._subject(subject)
             found = id_match(hdr)
-            id_json = b'"' + found[1] + b'"' if found is not None else self._msg_id_slow(hdr)
-            line = b'{"seq":%b,"received_ns":%b,"id":%b%b%b}\n' % (
+            if found is not None:
+                msg_id: bytes | None = found[1]
+                id_json = b'"' + found[1] + b'"'
+            else:
+                msg_id, id_json = self._msg_id_slow(hdr)
+            line = b'{"seq":%b,"received_ns":%b,"id":%b%b,"epoch":%b%b}\n' % (
                 seq_b,
                 ts_b,
                 id_json,
                 info.tail,
+                epoch_json(msg_id),
                 frame_of(payload),
             )
             group = groups.get(info.key)
@@ -687,26 +672,24 @@ class Archiver:
         return date, b"%019d" % (day * NS_PER_DAY), b"%019d" % ((day + 1) * NS_PER_DAY)
 
     @staticmethod
-    def _msg_id_slow(hdr: bytes) -> bytes:
-        """The JSON of the `Nats-Msg-Id` header in a header block of another shape."""
+    def _msg_id_slow(hdr: bytes) -> tuple[bytes | None, bytes]:
+        """The `Nats-Msg-Id` header in a header block of another shape: the id when it is
+        JSON-safe ASCII (else None), and its JSON (`null` when absent)."""
         for raw in hdr.split(b"\r\n")[1:]:
             name, sep, value = raw.partition(b":")
             if sep and name.strip().lower() == b"nats-msg-id":
-                return json.dumps(value.strip().decode("utf-8", "replace")).encode()
-        return b"null"
+                value = value.strip()
+                as_json = json.dumps(value.decode("utf-8", "replace")).encode()
+                return (value if as_json == b'"' + value + b'"' else None), as_json
+        return None, b"null"
 
     def _frame(self, payload: bytes) -> bytes:
-        """`,"frame":<raw>` for a JSON payload, `,"frame_text":"…"` otherwise (counted)."""
-        try:
-            if not payload.isascii():
-                payload.decode("utf-8")
-            _RAW.decode(payload)
-        except (UnicodeDecodeError, msgspec.DecodeError):
+        """The line's origin and frame part (`lines.frame_part`); a non-JSON payload is
+        counted as invalid."""
+        part, valid = frame_part(payload)
+        if not valid:
             self.stats.invalid += 1
-            return b',"frame_text":' + json.dumps(payload.decode("utf-8", "replace")).encode()
-        if b"\n" in payload or b"\r" in payload:  # legal JSON whitespace, but not in JSONL
-            payload = msgspec.json.encode(msgspec.json.decode(payload))
-        return b',"frame":' + payload
+        return part
 
     def _subject(self, subject: bytes) -> _SubjectInfo:
         """Where a subject not seen before goes, and its part of the line. A subject that is
@@ -768,24 +751,8 @@ class Archiver:
         self.stats.lag = int(info.num_pending or 0)
 
     async def _report_redis(self) -> None:
-        if self._redis is None:
-            return
-        key = redis_keys.archiver_key(self.env.name, self.shard)
-        cpu_pct, mem_pct = self._procstats.sample()
-        mapping: dict[Any, Any] = {
-            "messages": self.stats.archived,
-            "bytes": self.writer.bytes_written,
-            "files": self.writer.files_finalized,
-            "lag": self.stats.lag,
-            "acked_seq": self.stats.acked_seq,
-            redis_keys.METRIC_CPU_PCT: cpu_pct,
-            redis_keys.METRIC_MEM_PCT: mem_pct,
-            "updated": round(time.time(), 3),
-        }
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping=mapping)
-            pipe.expire(key, redis_keys.KEY_TTL_SECONDS)
-            await pipe.execute()
+        if self._redis is not None:
+            await report_redis(self._redis, self, self._procstats)
 
     def _health(self) -> tuple[bool, str]:
         detail = (
@@ -809,164 +776,3 @@ def _ack_fields(reply: bytes) -> tuple[int, int]:
     if len(parts) == 9:
         return int(parts[5]), int(parts[6])
     return int(parts[7]), int(parts[8])
-
-
-class _ArchiverCollector(Collector):
-    """Exports the archiver's counters at scrape time."""
-
-    def __init__(self, archiver: Archiver) -> None:
-        self._a = archiver
-
-    def collect(self) -> Iterator[Metric]:
-        a = self._a
-        stats = a.stats
-
-        metrics = ShardMetrics(a.shard)
-        gauge, counter = metrics.gauge, metrics.counter
-
-        yield counter(
-            "ssmd_archiver_messages", "Lines archived (written and fsynced)", stats.archived
-        )
-        yield counter(
-            "ssmd_archiver_bytes",
-            "Compressed bytes written to archive files",
-            a.writer.bytes_written,
-        )
-        yield counter(
-            "ssmd_archiver_files", "Archive files finalized (renamed)", a.writer.files_finalized
-        )
-        yield gauge("ssmd_archiver_open_files", "Archive files being written", a.writer.open_files)
-        yield gauge(
-            "ssmd_archiver_lag",
-            "Messages in the shard stream not yet delivered (num_pending)",
-            stats.lag,
-        )
-        yield gauge(
-            "ssmd_archiver_acked_sequence", "Stream sequence of the last ack", stats.acked_seq
-        )
-        yield counter("ssmd_archiver_batches", "Batches written, synced and acked", stats.batches)
-        yield counter(
-            "ssmd_archiver_deliveries", "Messages delivered by the stream", stats.deliveries
-        )
-        yield counter(
-            "ssmd_archiver_redelivered", "Messages delivered more than once", stats.redelivered
-        )
-        yield counter(
-            "ssmd_archiver_invalid",
-            "Messages with a bad subject or a non-JSON payload",
-            stats.invalid,
-        )
-        yield counter(
-            "ssmd_archiver_resyncs",
-            "Consumer resyncs after deliveries this process missed",
-            stats.resyncs,
-        )
-        yield counter(
-            "ssmd_archiver_nats_reconnects",
-            "Data connection reconnections",
-            a.pull.stats.reconnects,
-        )
-
-
-# -- `ssmd run archiver ENV SHARD` -----------------------------------------------------------
-
-
-async def run_archiver(archiver: Archiver, early_signals: Sequence[int] = ()) -> None:
-    """Run with SIGTERM/SIGINT wired to a clean stop (finish the batch, fsync, rename, exit 0).
-    `early_signals`: those received before the loop could take them (see `archiver_command`),
-    read once the loop's handlers are in place, so none falls between the two."""
-    loop = asyncio.get_running_loop()
-    for sig in _STOP_SIGNALS:
-        loop.add_signal_handler(sig, archiver.stop)
-    if early_signals:
-        log.info("stop requested during start-up (signal %d)", early_signals[0])
-        archiver.stop()
-    try:
-        await archiver.run()
-    finally:
-        for sig in _STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, signal.SIG_IGN)  # the stop is under way: nothing more to do
-
-
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def archiver_command(
-    env: str = typer.Argument(..., help="Environment name or path to its YAML file."),
-    shard: str = typer.Argument(..., help="The shard whose stream this archiver drains."),
-    data_dir: Path = typer.Option(
-        Path("data/archive"), "--data-dir", envvar="SSMD_DATA_DIR", help="Archive root."
-    ),
-    nats_url: str = typer.Option("nats://127.0.0.1:4222", "--nats-url", envvar="NATS_URL"),
-    redis_url: str | None = typer.Option(
-        None, "--redis-url", envvar="REDIS_URL", help="Reports; optional."
-    ),
-    metrics_port: int = typer.Option(
-        9101, "--metrics-port", envvar="SSMD_METRICS_PORT", help="/metrics and /healthz."
-    ),
-    batch_size: int | None = typer.Option(
-        None,
-        "--batch-size",
-        help="Messages per fetch (default: the environment's archiver.batch_size).",
-    ),
-    rotation: float | None = typer.Option(
-        None, "--rotation", help="Seconds before a file is closed (default: archiver.rotation)."
-    ),
-    log_level: str = typer.Option("INFO", "--log-level"),
-    recover_only: bool = typer.Option(
-        False,
-        "--recover-only",
-        help="Only finish what earlier archivers of SHARD left under --data-dir (.part files "
-        "and manifests), without NATS, then exit. Never while an archiver of SHARD runs.",
-    ),
-) -> None:
-    """Drain one shard's stream into gzip JSONL files (at least once, fsync before ack)."""
-    # from the first moment: a SIGTERM during start-up is a clean stop, not a death by signal
-    early_signals: list[int] = []
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, lambda signum, _frame: early_signals.append(signum))
-    from ssmd_infra.core.environment import load_environment
-
-    level = log_level.upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"--log-level {log_level!r}: use DEBUG, INFO, WARNING or ERROR")
-    if batch_size is not None and not 1 <= batch_size <= 100_000:
-        raise ConfigError(f"--batch-size {batch_size}: use 1 to 100000")
-    if rotation is not None and rotation <= 0:
-        raise ConfigError(f"--rotation {rotation}: must be positive")
-    if not 0 <= metrics_port <= 65535:
-        raise ConfigError(f"--metrics-port {metrics_port}: not a port")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("archiver of shard %s starting (pid %d)", shard, os.getpid())
-    environment = load_environment(env)
-    environment.shard(shard)
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SsmdError(f"cannot create --data-dir {data_dir}: {exc.strerror}") from None
-    if recover_only:
-        report = finalize_shard(data_dir, shard, internal_stream(shard))
-        print(
-            f"archiver {shard}: {report.parts} open file(s) finalised "
-            f"({report.lines} lines accounted for)",
-            flush=True,
-        )
-        return
-
-    async def main() -> None:  # built inside the loop: the pull client binds to it
-        archiver = Archiver(
-            environment,
-            shard,
-            nats_url=nats_url,
-            data_dir=data_dir,
-            redis_url=redis_url or None,
-            metrics_port=metrics_port,
-            batch_size=batch_size,
-            rotation=rotation,
-        )
-        await run_archiver(archiver, early_signals)
-
-    import uvloop
-
-    uvloop.run(main())

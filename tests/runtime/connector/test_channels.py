@@ -13,8 +13,10 @@ import nats
 import pytest
 from waiting import eventually, running
 
-from runtime.connector import Connector
+from runtime.connector.service import Connector
+from runtime.connector.settings import ConnectorSettings
 from runtime.kalshi.auth import KalshiSigner, generate_key_pair
+from runtime.kalshi.protocol import GAP_TYPE
 from runtime.kalshi.simulator import KalshiSimulator
 from ssmd_infra.adapters.jetstream import reconcile_streams
 from ssmd_infra.core.environment import Environment, parse_environment
@@ -74,14 +76,14 @@ async def test_a_shard_captures_its_channels_and_renews_a_book_after_a_gap(
     )
     await sim.start()
     try:
-        connector = Connector(
-            env,
-            shard,
+        settings = ConnectorSettings(
             nats_url=nats_url,
             kalshi_ws_url=sim.ws_url,
-            signer=KalshiSigner.from_files("key-1", private),
             metrics_port=0,
             client_options={"backoff_initial": 0.05, "backoff_max": 0.2},
+        )
+        connector = Connector(
+            env, shard, settings, signer=KalshiSigner.from_files("key-1", private)
         )
         async with running(connector):
             await eventually(
@@ -102,7 +104,8 @@ async def test_a_shard_captures_its_channels_and_renews_a_book_after_a_gap(
         stored = await stored_types(nats_url, shard)
     finally:
         await sim.stop()
-    assert {t for t, _ in stored} == {"trade", "orderbook_snapshot", "orderbook_delta"}
+    # the gap itself is on record too (`ssmd archive verify` tells it from a loss)
+    assert {t for t, _ in stored} == {"trade", "orderbook_snapshot", "orderbook_delta", GAP_TYPE}
     for symbol in BOOKS:  # both snapshots of each book are stored
         assert stored[("orderbook_snapshot", symbol)] == 2
         assert stored[("orderbook_delta", symbol)] >= 5
@@ -113,4 +116,8 @@ def test_a_private_channel_without_the_kalshi_key_is_refused_before_starting() -
     with pytest.raises(
         ConfigError, match=r"shard 'priv' captures orderbook_delta.*KALSHI_API_KEY_ID"
     ):
-        Connector(env, "priv", nats_url="nats://127.0.0.1:1", kalshi_ws_url="ws://127.0.0.1:1/")
+        Connector(
+            env,
+            "priv",
+            ConnectorSettings(nats_url="nats://127.0.0.1:1", kalshi_ws_url="ws://127.0.0.1:1/"),
+        )
