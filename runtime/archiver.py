@@ -89,12 +89,20 @@ from runtime.archive_files import ArchiveWriter, FileKey, Group, RecoveryReport,
 from runtime.health import HealthServer, ShardMetrics
 from runtime.membership import redis_client
 from runtime.nats.consumer import Delivery, PullClient
+from runtime.nats.credentials import (
+    NatsCredentials,
+    NatsPyDenials,
+    permission_errors_metric,
+    role_credentials,
+)
 from runtime.procstats import ProcStats
 from runtime.tasks import cancel
 from ssmd_infra.core import redis_keys
 from ssmd_infra.core.environment import Environment
 from ssmd_infra.core.errors import ConfigError, SsmdError
-from ssmd_infra.core.subjects import INTERNAL_PREFIX, decode_symbol, internal_stream
+from ssmd_infra.core.nats_auth import archiver_role
+from ssmd_infra.core.nkey_seeds import NKEY_SEED_VARIABLE
+from ssmd_infra.core.subjects import INBOX_PREFIX, INTERNAL_PREFIX, decode_symbol, internal_stream
 from ssmd_infra.core.subjects import archiver_consumer as consumer_name  # one name rule
 
 log = logging.getLogger("ssmd.archiver")
@@ -168,6 +176,7 @@ class Archiver:
         report_interval: float = redis_keys.HEARTBEAT_SECONDS,
         manifest_interval: float = 10.0,
         max_open: int = 64,
+        nats_credentials: NatsCredentials | None = None,
     ) -> None:
         self.env = env
         self.shard = shard
@@ -196,7 +205,16 @@ class Archiver:
             manifest_interval=manifest_interval,
             max_open=max_open,
         )
-        self.pull = PullClient(nats_url, self.stream, self.consumer, name=f"ssmd-archiver-{shard}")
+        self._credentials = nats_credentials
+        self.pull = PullClient(
+            nats_url,
+            self.stream,
+            self.consumer,
+            name=f"ssmd-archiver-{shard}",
+            nkey_seed_file=nats_credentials.seed_file if nats_credentials else None,
+            inbox_prefix=nats_credentials.inbox_prefix if nats_credentials else INBOX_PREFIX,
+        )
+        self.control_denials = NatsPyDenials(log, "archiver's control request")
         self.stats = ArchiverStats()
         self.recovery: RecoveryReport | None = None
         self.registry = CollectorRegistry()
@@ -350,9 +368,11 @@ class Archiver:
 
     async def _connect_control(self) -> None:
         async def quiet(exc: Exception) -> None:
-            log.debug("nats (control): %s", exc)
+            if not self.control_denials.note(exc):
+                log.debug("nats (control): %s", exc)
 
         self._nc = NatsClient()  # ours before it connects: `_shutdown` closes it either way
+        creds = self._credentials
         try:
             await self._unless_stopped(
                 self._nc.connect(
@@ -362,6 +382,8 @@ class Archiver:
                     max_reconnect_attempts=2,
                     reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float sleeps fine
                     error_cb=quiet,
+                    nkeys_seed_str=creds.nkeys_seed_str if creds else None,
+                    inbox_prefix=creds.inbox_prefix if creds else INBOX_PREFIX,
                 )
             )
         except _StopRequested:
@@ -866,6 +888,11 @@ class _ArchiverCollector(Collector):
             "Data connection reconnections",
             a.pull.stats.reconnects,
         )
+        yield permission_errors_metric(
+            a.shard,
+            archiver_role(a.shard),
+            a.pull.connection.stats.permission_violations + a.control_denials.count,
+        )
 
 
 # -- `ssmd run archiver ENV SHARD` -----------------------------------------------------------
@@ -920,6 +947,12 @@ def archiver_command(
         help="Only finish what earlier archivers of SHARD left under --data-dir (.part files "
         "and manifests), without NATS, then exit. Never while an archiver of SHARD runs.",
     ),
+    nats_nkey_seed: Path | None = typer.Option(
+        None,
+        "--nats-nkey-seed",
+        envvar=NKEY_SEED_VARIABLE,
+        help="The seed file of role archiver-SHARD (required under nats.auth: nkeys).",
+    ),
 ) -> None:
     """Drain one shard's stream into gzip JSONL files (at least once, fsync before ack)."""
     # from the first moment: a SIGTERM during start-up is a clean stop, not a death by signal
@@ -953,6 +986,7 @@ def archiver_command(
             flush=True,
         )
         return
+    credentials = role_credentials(environment, archiver_role(shard), nats_nkey_seed)
 
     async def main() -> None:  # built inside the loop: the pull client binds to it
         archiver = Archiver(
@@ -964,6 +998,7 @@ def archiver_command(
             metrics_port=metrics_port,
             batch_size=batch_size,
             rotation=rotation,
+            nats_credentials=credentials,
         )
         await run_archiver(archiver, early_signals)
 

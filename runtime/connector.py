@@ -47,16 +47,19 @@ from runtime.kalshi.client import KalshiAuthError, KalshiWsClient
 from runtime.kalshi.contract import PRIVATE_CHANNELS
 from runtime.kalshi.protocol import Frame
 from runtime.membership import Membership, redis_client
+from runtime.nats.credentials import NatsCredentials, permission_errors_metric, role_credentials
 from runtime.nats.publisher import JetStreamPublisher
 from runtime.procstats import ProcStats
 from runtime.tasks import cancel
 from ssmd_infra.core import redis_keys
 from ssmd_infra.core.environment import Environment
 from ssmd_infra.core.errors import ConfigError, SsmdError
+from ssmd_infra.core.nats_auth import connector_role
+from ssmd_infra.core.nkey_seeds import NKEY_SEED_VARIABLE
 from ssmd_infra.core.resolution import resolve, resolve_with_problems
 from ssmd_infra.core.secmaster import SymbolSource, merge_symbols
 from ssmd_infra.core.shard_catalog import with_catalog
-from ssmd_infra.core.subjects import internal_subject
+from ssmd_infra.core.subjects import INBOX_PREFIX, internal_subject
 from ssmd_infra.core.workload import SHARDS_FILE_VARIABLE
 
 log = logging.getLogger("ssmd.connector")
@@ -124,6 +127,7 @@ class Connector:
         client_options: dict[str, Any] | None = None,
         read_interval: float = READ_INTERVAL,
         shards_file: Path | None = None,
+        nats_credentials: NatsCredentials | None = None,
     ) -> None:
         self.env = env
         self.shard = shard
@@ -161,6 +165,8 @@ class Connector:
             max_inflight=max_inflight,
             ack_timeout=ack_timeout,
             read_interval=read_interval,
+            nkey_seed_file=nats_credentials.seed_file if nats_credentials else None,
+            inbox_prefix=nats_credentials.inbox_prefix if nats_credentials else INBOX_PREFIX,
         )
         self._redis: aioredis.Redis | None = redis_client(redis_url) if redis_url else None
         self.membership = Membership(
@@ -696,6 +702,11 @@ class _ConnectorCollector(Collector):
             pub.failures,
         )
         yield counter("ssmd_connector_nats_reconnects", "NATS reconnections", pub.reconnects)
+        yield permission_errors_metric(
+            c.shard,
+            connector_role(c.shard),
+            c.publisher.connection.stats.permission_violations,
+        )
         yield counter(
             "ssmd_connector_secmaster_failures", "Failed symbol refreshes", c.secmaster_failures
         )
@@ -803,6 +814,12 @@ def connector_command(
         help="Seconds between reads of the exchange socket and of NATS acks on a busy feed "
         "(0: read as data arrives). Bounds the latency it adds; larger costs less CPU.",
     ),
+    nats_nkey_seed: Path | None = typer.Option(
+        None,
+        "--nats-nkey-seed",
+        envvar=NKEY_SEED_VARIABLE,
+        help="The seed file of role connector-SHARD (required under nats.auth: nkeys).",
+    ),
 ) -> None:
     """Forward one shard's Kalshi market data into its NATS stream."""
     from ssmd_infra.core.environment import load_environment
@@ -814,6 +831,7 @@ def connector_command(
     environment = load_environment(env)
     environment.shard(shard)
     signer = signer_from_environment()
+    credentials = role_credentials(environment, connector_role(shard), nats_nkey_seed)
 
     async def main() -> None:  # built inside the loop: the publisher binds to it
         connector = Connector(
@@ -828,6 +846,7 @@ def connector_command(
             member=member or None,
             read_interval=read_interval,
             shards_file=shards_file,
+            nats_credentials=credentials,
         )
         await run_connector(connector)
 
