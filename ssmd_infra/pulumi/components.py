@@ -490,6 +490,14 @@ class EnvironmentComponent(pulumi.ComponentResource):
         NKEY with its permissions, for the NATS Helm release to include. A role whose shard
         is gone is no longer listed: the next reload of the server revokes it."""
         keys = {role: key.public_key for role, key in self.nats_keys.items()}
+        mutable = k8s.Provider(
+            manifests.MUTABLE_SECRETS_PROVIDER,
+            enable_secret_mutable=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(providers={"kubernetes": mutable})
+        )
         text = pulumi.Output.all(**keys).apply(
             lambda public: render_authorization(env, dict(public))
         )

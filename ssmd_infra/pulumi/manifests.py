@@ -84,6 +84,10 @@ NATS_SEED_DIR = "/var/run/secrets/nats"
 # belong to root, so 0400 would leave the non-root runtime unable to read its own seed
 NATS_SEED_MODE = 0o440
 NATS_AUTHORIZATION_KEY = "authorization.conf"
+# the Kubernetes provider of the one fixed-name Secret, ssmd-nats-authorization: with
+# `enableSecretMutable` its new content is an in-place update (the NATS release refers to it by
+# name, so a replacement would delete it first); every other Secret is auto-named and replaced
+MUTABLE_SECRETS_PROVIDER = "kubernetes-mutable-secrets"
 # keys of the endpoints Secret, by the environment variable the runtime reads
 ENDPOINT_KEYS = {NATS_URL_VARIABLE: "nats-url", REDIS_URL_VARIABLE: "redis-url"}
 LABEL_VALUE_LIMIT = 63

@@ -160,7 +160,7 @@ def test_kalshi_prod_declares_one_set_of_workloads_per_shard(prod: OfflineRun) -
         "ssmd:index:Shard": 2,
         "kubernetes:core/v1:Namespace": 1,
         "kubernetes:core/v1:ServiceAccount": 1,
-        "pulumi:providers:kubernetes": 1,
+        "pulumi:providers:kubernetes": 2,  # the program's; the mutable-Secret one
         # endpoints, Kalshi credentials, the NATS authorization, and one seed Secret per
         # role in a pod: client, each shard's connector and archiver
         SECRET: 8,
@@ -185,7 +185,7 @@ def test_every_child_is_parented_to_its_component(four: OfflineRun) -> None:
         ("pulumi:pulumi:Stack", env): 1,
         (env, "kubernetes:core/v1:Namespace"): 1,
         (env, "kubernetes:core/v1:ServiceAccount"): 1,
-        (env, "pulumi:providers:kubernetes"): 1,
+        (env, "pulumi:providers:kubernetes"): 2,
         (env, SECRET): 4,  # endpoints, Kalshi, the NATS authorization, client's seed
         (env, NATS_USER_KEY): 2,  # admin, client
         (env, CONFIGMAP): 1,  # the shard catalog
