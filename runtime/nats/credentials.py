@@ -3,7 +3,7 @@ metric that counts what the server refused it.
 
 Every NATS client of a process runs as the process's role (`connector-{shard}`,
 `archiver-{shard}`: `ssmd_infra.core.nats_auth`): the raw clients (`runtime/nats/connection.py`
-signs the server's nonce with the seed file) and nats-py (`nats_py_options`). Replies reach a
+signs the server's nonce with the seed file) and nats-py (`nkeys_seed_str`, `inbox_prefix`). Replies reach a
 role only under its own inbox prefix (`_INBOX_{role}`), so every client takes it here; with
 the default `_INBOX` every PubAck and pull reply would be dropped by the server.
 
