@@ -64,8 +64,11 @@ BASELINE_CONSUMER = "naive"
 
 def env_yaml(batch_size: int) -> str:
     symbols = "\n".join(f"  {m}: {{tier: 1}}" for m in MARKETS)
+    # the benchmark's nats-server is anonymous (the archiver's role adds no per-message cost:
+    # permissions are checked by the server; see docs/BENCHMARKS.md, NATS permissions)
     return f"""name: bench
 feed: {FEED}
+nats: {{auth: none}}
 symbols:
 {symbols}
 streams:

@@ -30,7 +30,11 @@ process's own cost, not the exchange's or the server's:
 (d) the publisher alone, in this process, against nats-py publishing without acks.
 
 `--phases` picks phases (e.g. `a` for a quick paced comparison); `--read-interval` runs the
-connector with that `--read-interval` instead of its default.
+connector with that `--read-interval` instead of its default. `--nats-auth` runs nats-server
+with the environment's generated authorization (`nats.auth: nkeys`): the connector and the
+baseline publish as role `connector-bench` with its seed, stream calls are made as `admin`;
+without it (the default) the environment says `nats.auth: none` and everyone is anonymous.
+Permissions are checked by the server, so the connector's figures should not move.
 """
 
 from __future__ import annotations
@@ -65,10 +69,16 @@ FEED = "kalshi"
 MARKETS = [f"KXBENCH-25DEC31-B{i}.5" for i in range(100)]
 
 
+# `--nats-auth`: the environment asks for NKEYs; the default runs everyone anonymously
+NATS_AUTH = {"enabled": False}
+
+
 def env_yaml(capacity: int = 10000, policy: str = "drop_oldest") -> str:
     symbols = "\n".join(f"  {m}: {{tier: 1}}" for m in MARKETS)
+    auth = "nkeys" if NATS_AUTH["enabled"] else "none"
     return f"""name: bench
 feed: {FEED}
+nats: {{auth: {auth}}}
 symbols:
 {symbols}
 streams:
@@ -171,12 +181,23 @@ async def role_floor_raw(ws_url: str, seconds: float, read_interval: float) -> N
     )
 
 
+def seed_options() -> dict[str, str]:
+    """nats-py options of the seed file in `$NATS_NKEY_SEED` (the connector's role), if any."""
+    from ssmd_infra.core.nkey_seeds import NKEY_SEED_VARIABLE
+    from ssmd_infra.core.subjects import role_inbox_prefix
+
+    path = os.environ.get(NKEY_SEED_VARIABLE)
+    if not path:
+        return {}
+    return {"nkeys_seed": path, "inbox_prefix": role_inbox_prefix(f"connector-{SHARD}")}
+
+
 async def role_baseline(ws_url: str, nats_url: str) -> None:
     """The naive pass-through the connector is compared with."""
     import websockets
 
     decode = msgspec.json.Decoder(_Envelope).decode
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, **seed_options())
     async with websockets.connect(ws_url, compression=None, max_queue=64, max_size=4 << 20) as ws:
         command = {
             "id": 1,
@@ -348,8 +369,21 @@ async def role_sim(port: int, rate: float, times_file: str | None = None) -> Non
 class Bench:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.nats = start_nats(workdir / "nats")
         self.env_file = workdir / "bench.yaml"
+        self.seed_env: dict[str, str] = {}  # NATS_NKEY_SEED of the connector and the baseline
+        self.admin: Any = None
+        config = None
+        if NATS_AUTH["enabled"]:
+            from ssmd_infra.adapters.nats_auth import write_auth_dir
+            from ssmd_infra.core.environment import load_environment
+            from ssmd_infra.core.nkey_seeds import NKEY_SEED_VARIABLE, read_seed_file
+
+            self.env_file.write_text(env_yaml())
+            changes = write_auth_dir(load_environment(self.env_file), workdir / "auth")
+            config = changes.config.read_text()
+            self.seed_env = {NKEY_SEED_VARIABLE: str(changes.directory / f"connector-{SHARD}.nk")}
+            self.admin = read_seed_file(changes.directory / "admin.nk", "admin")
+        self.nats = start_nats(workdir / "nats", extra_config=config)
         self.children: list[subprocess.Popen[bytes]] = []
         self.read_interval: float | None = None  # the connector's default unless set
 
@@ -371,7 +405,9 @@ class Bench:
 
     def role(self, *args: str, stdin: bool = False) -> subprocess.Popen[bytes]:
         return self.child(
-            [sys.executable, str(Path(__file__).resolve()), "--role", *args], stdin=stdin
+            [sys.executable, str(Path(__file__).resolve()), "--role", *args],
+            self.seed_env,
+            stdin=stdin,
         )
 
     def connector(self, ws_url: str, metrics_port: int) -> subprocess.Popen[bytes]:
@@ -397,30 +433,29 @@ class Bench:
                     if self.read_interval is not None
                     else []
                 ),
-            ]
+            ],
+            self.seed_env,
         )
 
     def baseline(self, ws_url: str) -> subprocess.Popen[bytes]:
         return self.role("baseline", ws_url, self.nats.url)
 
     async def reset_stream(self) -> None:
-        from ssmd_infra.adapters.jetstream import reconcile_streams
+        from ssmd_infra.adapters.jetstream import connect, reconcile_streams
         from ssmd_infra.core.environment import load_environment
         from ssmd_infra.core.streams import internal_stream_spec
 
         env = load_environment(self.env_file)
-        nc = await nats.connect(self.nats.url)
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await nc.jetstream().delete_stream(internal_stream(SHARD))  # also forgets msg ids
-        await nc.close()
-        await reconcile_streams(self.nats.url, [internal_stream_spec(env, SHARD)])
+        async with connect(self.nats.url, seed=self.admin) as nc:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await nc.jetstream().delete_stream(internal_stream(SHARD))  # forgets msg ids
+        await reconcile_streams(self.nats.url, [internal_stream_spec(env, SHARD)], seed=self.admin)
 
     async def stored(self) -> int:
-        nc = await nats.connect(self.nats.url)
-        try:
+        from ssmd_infra.adapters.jetstream import connect
+
+        async with connect(self.nats.url, seed=self.admin) as nc:
             return int((await nc.jetstream().stream_info(internal_stream(SHARD))).state.messages)
-        finally:
-            await nc.close()
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
@@ -646,7 +681,14 @@ async def publisher_alone(bench: Bench, total: int) -> dict[str, float]:
     payload = b"x" * 288
     subject = internal_subject(SHARD, FEED, "trade", MARKETS[0]).encode()
     await bench.reset_stream()
-    pub = JetStreamPublisher(bench.nats.url)
+    from ssmd_infra.core.subjects import role_inbox_prefix
+
+    seed_file = next(iter(bench.seed_env.values()), None)
+    pub = JetStreamPublisher(
+        bench.nats.url,
+        nkey_seed_file=Path(seed_file) if seed_file else None,
+        inbox_prefix=role_inbox_prefix(f"connector-{SHARD}") if seed_file else "_INBOX",
+    )
     await pub.start()
     await pub.wait_connected(10)
     c0 = cpu()
@@ -659,7 +701,8 @@ async def publisher_alone(bench: Bench, total: int) -> dict[str, float]:
     await pub.close()
     stored = await bench.stored()
     await bench.reset_stream()
-    nc = await nats.connect(bench.nats.url)
+    os.environ.update(bench.seed_env)
+    nc = await nats.connect(bench.nats.url, **seed_options())
     c0 = cpu()
     for i in range(total):
         await nc.publish(subject.decode(), payload, headers={"Nats-Msg-Id": f"nats-py-{i}"})
@@ -864,7 +907,13 @@ def cli() -> None:
     parser.add_argument(
         "--phases", default="abdc", help="which phases to run (default: all of a, b, d, c)"
     )
+    parser.add_argument(
+        "--nats-auth",
+        action="store_true",
+        help="nats-server with the generated authorization; everyone connects as its role",
+    )
     args = parser.parse_args()
+    NATS_AUTH["enabled"] = args.nats_auth
     if args.role:
         import uvloop
 

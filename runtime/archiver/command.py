@@ -14,7 +14,10 @@ import typer
 
 from runtime.archiver.recovery import finalize_shard
 from runtime.archiver.service import Archiver
+from runtime.nats.credentials import role_credentials
 from ssmd_infra.core.errors import ConfigError, SsmdError
+from ssmd_infra.core.nats_auth import archiver_role
+from ssmd_infra.core.nkey_seeds import NKEY_SEED_VARIABLE
 from ssmd_infra.core.subjects import internal_stream
 
 log = logging.getLogger("ssmd.archiver")
@@ -69,6 +72,12 @@ def archiver_command(
         help="Only finish what earlier archivers of SHARD left under --data-dir (.part files "
         "and manifests), without NATS, then exit. Never while an archiver of SHARD runs.",
     ),
+    nats_nkey_seed: Path | None = typer.Option(
+        None,
+        "--nats-nkey-seed",
+        envvar=NKEY_SEED_VARIABLE,
+        help="The seed file of role archiver-SHARD (required under nats.auth: nkeys).",
+    ),
 ) -> None:
     """Drain one shard's stream into gzip JSONL files (at least once, fsync before ack)."""
     # from the first moment: a SIGTERM during start-up is a clean stop, not a death by signal
@@ -102,6 +111,7 @@ def archiver_command(
             flush=True,
         )
         return
+    credentials = role_credentials(environment, archiver_role(shard), nats_nkey_seed)
 
     async def main() -> None:  # built inside the loop: the pull client binds to it
         archiver = Archiver(
@@ -113,6 +123,7 @@ def archiver_command(
             metrics_port=metrics_port,
             batch_size=batch_size,
             rotation=rotation,
+            nats_credentials=credentials,
         )
         await run_archiver(archiver, early_signals)
 

@@ -13,8 +13,10 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from runtime.health import ShardMetrics
+from runtime.nats.credentials import permission_errors_metric
 from runtime.procstats import ProcStats
 from ssmd_infra.core import redis_keys
+from ssmd_infra.core.nats_auth import archiver_role
 
 if TYPE_CHECKING:
     from runtime.archiver.service import Archiver
@@ -95,4 +97,9 @@ class ArchiverCollector(Collector):
             "ssmd_archiver_nats_reconnects",
             "Data connection reconnections",
             a.pull.stats.reconnects,
+        )
+        yield permission_errors_metric(
+            a.shard,
+            archiver_role(a.shard),
+            a.pull.connection.stats.permission_violations + a.control_denials.count,
         )

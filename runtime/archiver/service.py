@@ -70,12 +70,16 @@ from runtime.archiver.writer import ArchiveWriter, FileKey, Group
 from runtime.health import HealthServer
 from runtime.membership import redis_client
 from runtime.nats.consumer import Delivery, PullClient
+from runtime.nats.credentials import (
+    NatsCredentials,
+    NatsPyDenials,
+)
 from runtime.procstats import ProcStats
 from runtime.tasks import cancel
 from ssmd_infra.core import redis_keys
 from ssmd_infra.core.environment import Environment
 from ssmd_infra.core.errors import ConfigError, SsmdError
-from ssmd_infra.core.subjects import INTERNAL_PREFIX, decode_symbol, internal_stream
+from ssmd_infra.core.subjects import INBOX_PREFIX, INTERNAL_PREFIX, decode_symbol, internal_stream
 from ssmd_infra.core.subjects import archiver_consumer as consumer_name  # one name rule
 
 log = logging.getLogger("ssmd.archiver")
@@ -148,6 +152,7 @@ class Archiver:
         report_interval: float = redis_keys.HEARTBEAT_SECONDS,
         manifest_interval: float = 10.0,
         max_open: int = 64,
+        nats_credentials: NatsCredentials | None = None,
     ) -> None:
         self.env = env
         self.shard = shard
@@ -176,7 +181,16 @@ class Archiver:
             manifest_interval=manifest_interval,
             max_open=max_open,
         )
-        self.pull = PullClient(nats_url, self.stream, self.consumer, name=f"ssmd-archiver-{shard}")
+        self._credentials = nats_credentials
+        self.pull = PullClient(
+            nats_url,
+            self.stream,
+            self.consumer,
+            name=f"ssmd-archiver-{shard}",
+            nkey_seed_file=nats_credentials.seed_file if nats_credentials else None,
+            inbox_prefix=nats_credentials.inbox_prefix if nats_credentials else INBOX_PREFIX,
+        )
+        self.control_denials = NatsPyDenials(log, "archiver's control request")
         self.stats = ArchiverStats()
         self.recovery: RecoveryReport | None = None
         self.registry = CollectorRegistry()
@@ -330,9 +344,11 @@ class Archiver:
 
     async def _connect_control(self) -> None:
         async def quiet(exc: Exception) -> None:
-            log.debug("nats (control): %s", exc)
+            if not self.control_denials.note(exc):
+                log.debug("nats (control): %s", exc)
 
         self._nc = NatsClient()  # ours before it connects: `_shutdown` closes it either way
+        creds = self._credentials
         try:
             await self._unless_stopped(
                 self._nc.connect(
@@ -342,6 +358,8 @@ class Archiver:
                     max_reconnect_attempts=2,
                     reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float sleeps fine
                     error_cb=quiet,
+                    nkeys_seed_str=creds.nkeys_seed_str if creds else None,
+                    inbox_prefix=creds.inbox_prefix if creds else INBOX_PREFIX,
                 )
             )
         except _StopRequested:

@@ -14,7 +14,10 @@ from runtime.connector.service import Connector
 from runtime.connector.settings import READ_INTERVAL, ConnectorSettings
 from runtime.kalshi.auth import KalshiSigner
 from runtime.kalshi.client import KalshiAuthError
+from runtime.nats.credentials import role_credentials
 from ssmd_infra.core.errors import ConfigError, SsmdError
+from ssmd_infra.core.nats_auth import connector_role
+from ssmd_infra.core.nkey_seeds import NKEY_SEED_VARIABLE
 from ssmd_infra.core.workload import SHARDS_FILE_VARIABLE
 
 
@@ -93,6 +96,12 @@ def connector_command(
         help="Seconds between reads of the exchange socket and of NATS acks on a busy feed "
         "(0: read as data arrives). Bounds the latency it adds; larger costs less CPU.",
     ),
+    nats_nkey_seed: Path | None = typer.Option(
+        None,
+        "--nats-nkey-seed",
+        envvar=NKEY_SEED_VARIABLE,
+        help="The seed file of role connector-SHARD (required under nats.auth: nkeys).",
+    ),
 ) -> None:
     """Forward one shard's Kalshi market data into its NATS stream."""
     from ssmd_infra.core.environment import load_environment
@@ -104,6 +113,7 @@ def connector_command(
     environment = load_environment(env)
     environment.shard(shard)
     signer = signer_from_environment()
+    credentials = role_credentials(environment, connector_role(shard), nats_nkey_seed)
     settings = ConnectorSettings(
         nats_url=nats_url,
         kalshi_ws_url=kalshi_ws_url,
@@ -113,6 +123,7 @@ def connector_command(
         member=member or None,
         read_interval=read_interval,
         shards_file=shards_file,
+        nats_credentials=credentials,
     )
 
     async def main() -> None:  # built inside the loop: the publisher binds to it

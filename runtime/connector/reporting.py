@@ -18,8 +18,10 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from runtime.health import ShardMetrics
+from runtime.nats.credentials import permission_errors_metric
 from runtime.procstats import ProcStats
 from ssmd_infra.core import redis_keys
+from ssmd_infra.core.nats_auth import connector_role
 
 if TYPE_CHECKING:
     from runtime.connector.service import Connector
@@ -227,6 +229,9 @@ class ConnectorCollector(Collector):
             pub.failures,
         )
         yield counter("ssmd_connector_nats_reconnects", "NATS reconnections", pub.reconnects)
+        yield permission_errors_metric(
+            c.shard, connector_role(c.shard), c.publisher.connection.stats.permission_violations
+        )
         yield counter(
             "ssmd_connector_secmaster_failures",
             "Failed symbol refreshes",

@@ -39,6 +39,7 @@ from runtime.tasks import cancel
 from ssmd_infra.core.environment import Environment
 from ssmd_infra.core.errors import ConfigError, SsmdError
 from ssmd_infra.core.secmaster import SymbolSource
+from ssmd_infra.core.subjects import INBOX_PREFIX
 
 log = logging.getLogger("ssmd.connector")
 
@@ -93,12 +94,15 @@ class Connector:
             settings.buffer_capacity or shard_cfg.buffer.capacity,
             settings.drop_policy or shard_cfg.buffer.drop_policy,
         )
+        credentials = settings.nats_credentials
         self.publisher = JetStreamPublisher(
             settings.nats_url,
             name=f"ssmd-connector-{shard}-{self.member}",
             max_inflight=settings.max_inflight,
             ack_timeout=settings.ack_timeout,
             read_interval=settings.read_interval,
+            nkey_seed_file=credentials.seed_file if credentials else None,
+            inbox_prefix=credentials.inbox_prefix if credentials else INBOX_PREFIX,
         )
         self.forwarder = Forwarder(shard, env.feed, self.buffer, self.publisher)
         self._redis: aioredis.Redis | None = (

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.buffer import DropPolicy
+from runtime.nats.credentials import NatsCredentials
 from ssmd_infra.core import redis_keys
 
 # The exchange socket and the acks from NATS are read at most once per READ_INTERVAL, on the
@@ -50,3 +51,5 @@ class ConnectorSettings:
     # the shard catalog (`ssmd_infra.core.shard_catalog`: every shard and pin), re-read at
     # every refresh, when the environment file holds this shard only (Kubernetes)
     shards_file: Path | None = None
+    # the seed file and inbox prefix of role connector-{shard}; None: anonymous (nats.auth: none)
+    nats_credentials: NatsCredentials | None = None

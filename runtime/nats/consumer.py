@@ -37,6 +37,7 @@ from pathlib import Path
 
 from runtime.nats.connection import NatsConnection
 from runtime.nats.protocol import Msg, pub, status_of, unsub
+from ssmd_infra.core.subjects import INBOX_PREFIX
 
 log = logging.getLogger("ssmd.archiver.wire")
 
@@ -58,7 +59,8 @@ class PullStats:
 
 class PullClient:
     """Pull requests and acks for one durable consumer. Create inside the running loop.
-    `tls`, `tls_ca_file` and `nkey_seed_file` are the connection's."""
+    `tls`, `tls_ca_file` and `nkey_seed_file` are the connection's; replies come back under
+    `inbox_prefix` (a role's own under NATS authorization: `runtime/nats/credentials.py`)."""
 
     def __init__(
         self,
@@ -74,9 +76,10 @@ class PullClient:
         tls: ssl.SSLContext | None = None,
         tls_ca_file: Path | None = None,
         nkey_seed_file: Path | None = None,
+        inbox_prefix: str = INBOX_PREFIX,
     ) -> None:
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}".encode()
-        inbox = f"_INBOX.{os.urandom(8).hex()}"
+        inbox = f"{inbox_prefix}.{os.urandom(8).hex()}"
         self._inbox_prefix = (inbox + ".").encode()
         self.connection = NatsConnection(
             servers,

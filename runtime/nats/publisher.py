@@ -48,6 +48,7 @@ from runtime.nats.protocol import (
     status_of,
 )
 from runtime.tasks import cancel_all
+from ssmd_infra.core.subjects import INBOX_PREFIX
 
 log = logging.getLogger("ssmd.publisher")
 
@@ -80,7 +81,8 @@ class JetStreamPublisher:
     """Publishes to JetStream streams with acknowledgement, a bounded window and resends.
 
     Create it inside the running event loop it will be used on. `tls`, `tls_ca_file` and
-    `nkey_seed_file` are the connection's (`runtime/nats/connection.py`).
+    `nkey_seed_file` are the connection's (`runtime/nats/connection.py`); replies come back under
+    `inbox_prefix` (a role's own, `runtime/nats/credentials.py`, under NATS authorization).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class JetStreamPublisher:
         tls: ssl.SSLContext | None = None,
         tls_ca_file: Path | None = None,
         nkey_seed_file: Path | None = None,
+        inbox_prefix: str = INBOX_PREFIX,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
@@ -109,7 +112,7 @@ class JetStreamPublisher:
         self._max_attempts = max_attempts
         self._flush_interval = flush_interval
         self._flush_bytes = flush_bytes
-        inbox = f"_INBOX.{os.urandom(8).hex()}"
+        inbox = f"{inbox_prefix}.{os.urandom(8).hex()}"
         self._reply_prefix = (inbox + ".").encode()
         self._prefix_len = len(self._reply_prefix)
         self._ident_part = itemgetter(slice(self._prefix_len, None))  # "{inbox}.{n}" → n

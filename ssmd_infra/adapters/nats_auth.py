@@ -38,6 +38,8 @@ from ssmd_infra.core.nkey_seeds import (
 )
 
 AUTHORIZATION_FILE = "authorization.conf"
+# the Kubernetes Secret the Pulumi program puts AUTHORIZATION_FILE in, for the NATS release
+AUTHORIZATION_SECRET = "ssmd-nats-authorization"
 CHECK_TIMEOUT = 3.0
 
 
@@ -122,11 +124,10 @@ def is_authorization_refusal(exc: BaseException) -> bool:
     )
 
 
-async def require_authorization(nats_url: str, env: Environment) -> None:
-    """`SsmdError` when `env` asks for `nats.auth: nkeys` but the server at `nats_url` accepts
-    an anonymous connection (it would enforce none of the roles' permissions)."""
-    if env.nats.auth != "nkeys":
-        return
+async def require_anonymous_refused(nats_url: str, reason: str, env_name: str = "ENV") -> None:
+    """`SsmdError` when the server at `nats_url` accepts an anonymous connection although
+    `reason` (e.g. "environment X asks for nats.auth: nkeys") says it must enforce the
+    roles' permissions; a server that cannot be reached is an error too."""
     # anonymous for real: credentials a URL may carry are left out
     servers = [str(address) for address in parse_nats_urls(nats_url)]
     shown = redact_url(nats_url)
@@ -146,8 +147,18 @@ async def require_authorization(nats_url: str, env: Environment) -> None:
         ) from None
     await nc.close()
     raise SsmdError(
-        f"NATS at {shown} accepts connections without credentials, but environment "
-        f"{env.name} asks for nats.auth: nkeys. Start nats-server with the authorization "
-        f"written by `ssmd nats auth {env.name} --out DIR` (include DIR/{AUTHORIZATION_FILE}), "
-        f"or set nats.auth: none in the environment for a shared development server"
+        f"NATS at {shown} accepts connections without credentials, but {reason}. Start "
+        f"nats-server with the generated authorization (`ssmd nats auth {env_name} --out DIR`, or the "
+        f"program's {AUTHORIZATION_SECRET} Secret in the NATS Helm release: README), or set "
+        f"nats.auth: none in the environment for a shared development server"
+    )
+
+
+async def require_authorization(nats_url: str, env: Environment) -> None:
+    """`SsmdError` when `env` asks for `nats.auth: nkeys` but the server at `nats_url` accepts
+    an anonymous connection (it would enforce none of the roles' permissions)."""
+    if env.nats.auth != "nkeys":
+        return
+    await require_anonymous_refused(
+        nats_url, f"environment {env.name} asks for nats.auth: nkeys", env.name
     )

@@ -21,6 +21,12 @@ def up(
     seconds: float | None = typer.Option(None, "--for", help="run this long, then stop cleanly"),
     as_json: bool = typer.Option(False, "--json", help="print the final summary as JSON"),
     nats_url: str | None = typer.Option(None, "--nats-url", help="use this NATS, don't start one"),
+    nats_auth_dir: Path | None = typer.Option(
+        None,
+        "--nats-auth-dir",
+        help="with --nats-url and nats.auth: nkeys: the seeds `ssmd nats auth ENV --out DIR` "
+        "wrote for that server",
+    ),
     redis_url: str | None = typer.Option(
         None, "--redis-url", help="use this Redis, don't start one"
     ),
@@ -73,6 +79,7 @@ def up(
         redis_url=redis_url,
         rate_per_market=rate,
         exchange=exchange,
+        nats_auth_dir=nats_auth_dir,
     )
     try:
         summary = asyncio.run(run_local(pipeline, seconds, live=not as_json))

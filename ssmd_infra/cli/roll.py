@@ -33,6 +33,8 @@ from ssmd_infra.core.environment import (
     parse_environment,
 )
 from ssmd_infra.core.errors import ConfigError, SsmdError
+from ssmd_infra.core.nats_auth import ADMIN_ROLE
+from ssmd_infra.core.nkey_seeds import RoleSeed, read_seed_file, seed_file_name
 from ssmd_infra.core.resolution import layout_of, load_layout
 from ssmd_infra.deploy import git, kubernetes
 from ssmd_infra.deploy import local as local_target
@@ -56,6 +58,7 @@ class RollOptions:
     stack: str | None = None
     project: Path | None = None
     nats_url: str | None = None
+    nats_admin_seed: Path | None = None
     verify_timeout: float = VERIFY_TIMEOUT
     no_verify: bool = False
 
@@ -77,6 +80,12 @@ _ROLL_FLAGS: dict[str, tuple[Any, str, str | None]] = {
         "--nats-url",
         "NATS to verify data flow on (default: the local pipeline's, or the stack's "
         "ssmd:natsAdminUrl)",
+    ),
+    "nats_admin_seed": (
+        Path | None,
+        "--nats-admin-seed",
+        "the admin role's seed file (admin.nk) to verify with under nats.auth: nkeys "
+        "(default: the local pipeline's)",
     ),
     "verify_timeout": (float, "--verify-timeout", "seconds to wait for data"),
     "no_verify": (bool, "--no-verify", "skip the data-flow verification"),
@@ -126,7 +135,7 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> None:
 
 
 def _verify(
-    nats_url: str | None, environment: Environment, timeout: float
+    nats_url: str | None, environment: Environment, timeout: float, seed: RoleSeed | None
 ) -> tuple[bool, list[dict[str, Any]]]:
     if nats_url is None:
         raise SsmdError("no NATS URL to verify data flow on: give --nats-url, or --no-verify")
@@ -138,6 +147,7 @@ def _verify(
             list(environment.shards),
             expect=lambda s: bool(layout.symbols_of(s)) or not complete,
             timeout=timeout,
+            seed=seed,
         )
     )
     rows = [f.to_dict() for f in flows]
@@ -157,6 +167,26 @@ def _verify(
         {2, 3},
     )
     return all(f.ok for f in flows), rows
+
+
+def _admin_seed(
+    roll: RollOptions, environment: Environment, auth_dir: str | None
+) -> RoleSeed | None:
+    """The seed the data-flow verification reads the streams with: the admin's under
+    `nats.auth: nkeys` (`--nats-admin-seed`, else the running local pipeline's auth
+    directory), None without authorization. Asked before anything changes."""
+    if environment.nats.auth != "nkeys":
+        return None
+    if roll.nats_admin_seed is not None:
+        return read_seed_file(roll.nats_admin_seed, ADMIN_ROLE)
+    if auth_dir is not None:
+        return read_seed_file(Path(auth_dir) / seed_file_name(ADMIN_ROLE), ADMIN_ROLE)
+    raise SsmdError(
+        f"environment {environment.name} has nats.auth: nkeys: verifying the data flow reads "
+        f"the streams as the admin role; give --nats-admin-seed PATH (the "
+        f"{seed_file_name(ADMIN_ROLE)} that `ssmd nats auth` wrote), or --no-verify. "
+        f"Nothing was changed"
+    )
 
 
 def _roll(
@@ -193,6 +223,7 @@ def _roll(
     pulumi: kubernetes.PulumiStack | None = None
     directory: Path | None = None
     stack_name: str | None = None
+    running_auth_dir: str | None = None
     if roll.target == "kubernetes":
         directory = kubernetes.project_dir(roll.project)
         stack_name = kubernetes.find_stack(env_name, directory, roll.stack)
@@ -206,6 +237,8 @@ def _roll(
     else:
         running = local_target.check_local_target(env_name, path)
         nats_url = nats_url or running.nats_url
+        running_auth_dir = running.nats_auth_dir
+    admin = None if roll.no_verify else _admin_seed(roll, after, running_auth_dir)
     if write is not None:
         data, message = write
         current = path.read_bytes()
@@ -250,7 +283,7 @@ def _roll(
     if roll.target == "kubernetes" and nats_url is None:
         assert directory is not None and stack_name is not None
         nats_url = kubernetes.admin_nats_url(directory, stack_name)
-    ok, _ = _verify(nats_url, after, roll.verify_timeout)
+    ok, _ = _verify(nats_url, after, roll.verify_timeout, admin)
     if not ok:
         raise SsmdError(
             f"no data flowed within {roll.verify_timeout:.0f}s in the streams marked NO DATA "

@@ -71,6 +71,8 @@ class LocalState(BaseModel):
     nats_url: str
     redis_url: str
     data_dir: str  # absolute path of the archive directory
+    # absolute path of the NATS seeds (`ssmd_infra.local.credentials`); None: no authorization
+    nats_auth_dir: str | None = None
     generation: int  # day rolls completed
     rolled_at: float  # Unix time of this write
     shards: list[str]

@@ -11,12 +11,16 @@ package's own entry point (`runtime/__main__.py`), which imports neither the CLI
 `args` is everything after `python -m runtime`. The NATS and Redis URLs are never arguments:
 they may carry passwords, and arguments show in `ps`, in manifests and in `kubectl get -o yaml`.
 They travel in the environment (`NATS_URL`, `REDIS_URL`, read by the runtime's options), which
-in Kubernetes comes from a Secret.
+in Kubernetes comes from a Secret. Likewise the process's NATS seed: only the *path* of its
+role's seed file travels, as `NATS_NKEY_SEED` (a mounted Secret in Kubernetes, a file of the
+supervisor's auth directory locally); each workload gets its own role's file and no other.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ssmd_infra.core.nkey_seeds import NKEY_SEED_VARIABLE
 
 # StatefulSet pods get a `controller-revision-hash` label of `{name}-{hash}` (≤ 63 chars).
 STATEFULSET_NAME_LIMIT = 52
@@ -76,6 +80,13 @@ def _common(role: str, env_file: str, shard: str, port: int) -> list[str]:
     return [role, env_file, shard, "--metrics-port", str(port)]
 
 
+def _variables(endpoints: Endpoints, nkey_seed_file: str | None) -> dict[str, str]:
+    out = endpoints.variables()
+    if nkey_seed_file is not None:
+        out[NKEY_SEED_VARIABLE] = nkey_seed_file
+    return out
+
+
 def connector_workload(
     env_file: str,
     shard: str,
@@ -84,8 +95,10 @@ def connector_workload(
     metrics_port: int,
     kalshi_ws_url: str,
     kalshi_rest_url: str,
+    nkey_seed_file: str | None = None,
 ) -> WorkloadSpec:
-    """`python -m runtime connector`: one replica of the shard's connector."""
+    """`python -m runtime connector`: one replica of the shard's connector; `nkey_seed_file`
+    is the path of role `connector-{shard}`'s seed (None: no NATS authentication)."""
     args = [
         *_common("connector", env_file, shard, metrics_port),
         "--kalshi-ws-url",
@@ -93,12 +106,19 @@ def connector_workload(
         "--kalshi-rest-url",
         kalshi_rest_url,
     ]
-    return WorkloadSpec("connector", shard, args, endpoints.variables())
+    return WorkloadSpec("connector", shard, args, _variables(endpoints, nkey_seed_file))
 
 
 def archiver_workload(
-    env_file: str, shard: str, endpoints: Endpoints, *, metrics_port: int, data_dir: str
+    env_file: str,
+    shard: str,
+    endpoints: Endpoints,
+    *,
+    metrics_port: int,
+    data_dir: str,
+    nkey_seed_file: str | None = None,
 ) -> WorkloadSpec:
-    """`python -m runtime archiver`: the shard's archiver, writing under `data_dir`."""
+    """`python -m runtime archiver`: the shard's archiver, writing under `data_dir`;
+    `nkey_seed_file` is the path of role `archiver-{shard}`'s seed (None: no authentication)."""
     args = [*_common("archiver", env_file, shard, metrics_port), "--data-dir", data_dir]
-    return WorkloadSpec("archiver", shard, args, endpoints.variables())
+    return WorkloadSpec("archiver", shard, args, _variables(endpoints, nkey_seed_file))

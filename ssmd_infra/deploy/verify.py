@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ssmd_infra.core.nkey_seeds import RoleSeed
 from ssmd_infra.core.subjects import CLIENT_STREAM, internal_stream
 
 VERIFY_TIMEOUT = 60.0
@@ -71,18 +72,19 @@ async def verify_flow(
     expect: Callable[[str], bool] = lambda _: True,
     timeout: float = VERIFY_TIMEOUT,
     window: float = VERIFY_WINDOW,
+    seed: RoleSeed | None = None,
 ) -> list[Flow]:
     """Watch every shard stream (and the client stream) until each expected one has grown,
     at most `timeout` seconds; then measure every rate over a further `window` seconds, so
     the figures are the steady state, not the connectors' start-up. A stream that never grew
-    is a failed shard (`Flow.ok` false)."""
+    is a failed shard (`Flow.ok` false). `seed`: the admin's, under NATS authorization."""
     from ssmd_infra.adapters import jetstream
 
     names = [internal_stream(s) for s in shards] + [CLIENT_STREAM]
     shard_of: dict[str, str | None] = {internal_stream(s): s for s in shards}
     shard_of[CLIENT_STREAM] = None
     wanted = [n for n in names if shard_of[n] is None or expect(str(shard_of[n]))]
-    async with jetstream.connect(nats_url) as nc:
+    async with jetstream.connect(nats_url, seed=seed) as nc:
         start = await _last_seqs(nc, names)
         began = time.monotonic()
         while True:

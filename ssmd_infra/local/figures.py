@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ssmd_infra.adapters.jetstream import connect, stream_raw_info
 from ssmd_infra.core.errors import SsmdError
+from ssmd_infra.core.nkey_seeds import RoleSeed
 from ssmd_infra.core.resolution import Layout
 from ssmd_infra.core.subjects import internal_stream
 from ssmd_infra.local.children import Child
@@ -87,13 +88,18 @@ async def scrape_children(children: Iterable[Child]) -> None:
 
 
 async def stream_counts(
-    nats_url: str, names: Iterable[str], timeout: float = NATS_TIMEOUT
+    nats_url: str,
+    names: Iterable[str],
+    timeout: float = NATS_TIMEOUT,
+    *,
+    seed: RoleSeed | None = None,
 ) -> dict[str, int]:
-    """Messages held per stream; streams that do not exist (or a NATS that does not answer
-    within `timeout` to connect) are left out."""
+    """Messages held per stream, read as `seed`'s role (the admin's under authorization);
+    streams that do not exist (or a NATS that does not answer within `timeout` to connect)
+    are left out."""
     counts: dict[str, int] = {}
     with contextlib.suppress(SsmdError, OSError, TimeoutError):
-        async with connect(nats_url, timeout=timeout) as nc:
+        async with connect(nats_url, timeout=timeout, seed=seed) as nc:
             for name in names:
                 info = await stream_raw_info(nc, name)
                 if info is not None:

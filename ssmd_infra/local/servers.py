@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -176,12 +177,30 @@ def nats_args(workdir: Path, port: int, extra_config: str | None = None) -> list
         )
     args = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(workdir / "jetstream")]
     if extra_config is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = workdir / "nats-server.conf"
-        config.touch(mode=0o600)
-        config.write_text(extra_config)
-        args += ["-c", str(config)]
+        args += ["-c", str(_write_nats_config(workdir, extra_config))]
     return args
+
+
+NATS_CONFIG_FILE = "nats-server.conf"
+
+
+def _write_nats_config(workdir: Path, extra_config: str) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / NATS_CONFIG_FILE
+    config.touch(mode=0o600)
+    config.write_text(extra_config)
+    return config
+
+
+def reload_nats_config(server: ServerProcess, extra_config: str) -> None:
+    """Replace the configuration a nats-server of `launch_nats(..., extra_config)` runs with
+    and make it reload it (SIGHUP: the server re-reads its `-c` file without dropping
+    connections). Its restarts use the same file, hence the new configuration too."""
+    if "-c" not in server.args:
+        raise SsmdError(f"{server.name} was started without a configuration file to reload")
+    _write_nats_config(server.workdir, extra_config)
+    if server.alive:
+        os.kill(server.proc.pid, signal.SIGHUP)
 
 
 def redis_args(workdir: Path, port: int) -> list[str]:

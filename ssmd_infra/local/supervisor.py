@@ -51,10 +51,12 @@ from ssmd_infra.adapters.redis_reports import check_redis_url
 from ssmd_infra.core import local_state
 from ssmd_infra.core.environment import Environment, environment_path, load_environment
 from ssmd_infra.core.errors import SsmdError
+from ssmd_infra.core.nats_auth import archiver_role, connector_role, nats_roles
 from ssmd_infra.core.nats_url import nats_url_problem
+from ssmd_infra.core.nkey_seeds import NKEY_SEED_VARIABLE, RoleSeed, read_seed_file
 from ssmd_infra.core.resolution import Layout, layout_of
 from ssmd_infra.core.streams import stream_specs
-from ssmd_infra.core.subjects import CLIENT_STREAM, internal_stream
+from ssmd_infra.core.subjects import CLIENT_STREAM, archiver_consumer, internal_stream
 from ssmd_infra.core.workload import (
     RUNTIME_MODULE,
     Endpoints,
@@ -63,6 +65,12 @@ from ssmd_infra.core.workload import (
 )
 from ssmd_infra.local import processes
 from ssmd_infra.local.children import Child, ChildSpec
+from ssmd_infra.local.credentials import (
+    LocalCredentials,
+    external_server_credentials,
+    own_server_credentials,
+    read_credentials,
+)
 from ssmd_infra.local.dashboard import live_view
 from ssmd_infra.local.exchange import KalshiExchange, Simulator, probe_exchange
 from ssmd_infra.local.figures import (
@@ -74,7 +82,13 @@ from ssmd_infra.local.figures import (
 )
 from ssmd_infra.local.lock import DataDirLock
 from ssmd_infra.local.restarts import Supervision
-from ssmd_infra.local.servers import ServerProcess, free_port, launch_nats, launch_redis
+from ssmd_infra.local.servers import (
+    ServerProcess,
+    free_port,
+    launch_nats,
+    launch_redis,
+    reload_nats_config,
+)
 
 DRAIN_TIMEOUT = 30.0  # the whole ordered stop, servers excepted
 SETTLE_TIMEOUT = 10.0  # of it: until the streams hold what the paused simulator sent
@@ -126,6 +140,7 @@ class LocalPipeline:
         rate_per_market: float = 10.0,
         exchange: KalshiExchange | None = None,
         console: Console | None = None,
+        nats_auth_dir: Path | None = None,
     ) -> None:
         self.env_ref = env_ref
         self.data_dir = data_dir
@@ -138,6 +153,11 @@ class LocalPipeline:
         # what a refused roll goes back to
         self.env, self.layout, self.env_text = _loaded(self.env_file)
         self.workdir = data_dir / ".local"
+        # `nats.auth: nkeys`: the seeds (`ssmd_infra.local.credentials`); with our own server
+        # under the work directory, with --nats-url those of --nats-auth-dir
+        self.nats_auth_dir = nats_auth_dir
+        self.credentials: LocalCredentials | None = None
+        self.nats_server: ServerProcess | None = None
         self.lock = DataDirLock(data_dir)
         self.servers: list[ServerProcess] = []
         self.children: list[Child] = []
@@ -158,6 +178,15 @@ class LocalPipeline:
         leaves nothing behind (`kill_everything`)."""
         if self.nats_url is not None and (problem := nats_url_problem(self.nats_url)):
             raise SsmdError(f"--nats-url: {problem}")
+        if self.nats_url is None and self.nats_auth_dir is not None:
+            raise SsmdError(
+                "--nats-auth-dir is for a NATS given with --nats-url; the pipeline's own "
+                "nats-server gets its credentials under the data directory"
+            )
+        if self.nats_url is not None:  # before anything starts: refused, nothing to undo
+            self.credentials = await external_server_credentials(
+                self.env, self.nats_url, self.nats_auth_dir
+            )
         if self.redis_url is not None:
             check_redis_url(self.redis_url)
         self.lock.acquire()
@@ -165,8 +194,12 @@ class LocalPipeline:
             await probe_exchange(self.exchange)
             self.console.print(f"[bold]exchange:[/] {self.exchange.ws_url}")
         if self.nats_url is None:
-            nats_server = self._own(launch_nats(self.workdir / "nats"))
+            self.credentials = own_server_credentials(self.env, self.workdir / "nats-auth")
+            config = self.credentials.server_config if self.credentials else None
+            # a restart runs the same command line, hence the same authorization
+            nats_server = self._own(launch_nats(self.workdir / "nats", extra_config=config))
             await nats_server.ready()
+            self.nats_server = nats_server
             self.nats_url = nats_server.url
         if self.redis_url is None:
             redis_server = self._own(launch_redis(self.workdir / "redis"))
@@ -174,9 +207,18 @@ class LocalPipeline:
             self.redis_url = redis_server.url
         if self.exchange is None:
             await self._start_simulator()
-        await reconcile_streams(self.nats_url, stream_specs(self.env))
+        await reconcile_streams(self.nats_url, stream_specs(self.env), seed=self._admin)
         self._start_shards(list(self.env.shards))
         self._write_state()
+
+    @property
+    def _admin(self) -> RoleSeed | None:
+        """The seed of every NATS call the supervisor makes (None without authorization)."""
+        return self.credentials.admin if self.credentials is not None else None
+
+    def _seed_file(self, role: str) -> str | None:
+        """The seed file a child of `role` gets, and no other (None without authorization)."""
+        return str(self.credentials.seed_file(role)) if self.credentials is not None else None
 
     def _own(self, server: ServerProcess) -> ServerProcess:
         self.servers.append(server)
@@ -187,7 +229,9 @@ class LocalPipeline:
         suffix = f"-{spec.shard}" if spec.shard != "-" else ""
         index = sum(1 for c in self.children if c.kind == spec.kind and c.shard == spec.shard)
         log = self.workdir / "logs" / f"{spec.kind}{suffix}-{index}.log"
-        child = Child(spec, log, os.environ)
+        # a child gets only the seed its spec names: none inherited from this process
+        inherited = {k: v for k, v in os.environ.items() if k != NKEY_SEED_VARIABLE}
+        child = Child(spec, log, inherited)
         self.children.append(child)
         self.supervision.watch(child)
         return child
@@ -225,13 +269,19 @@ class LocalPipeline:
                     metrics_port=port,
                     kalshi_ws_url=self.exchange.ws_url,
                     kalshi_rest_url=self.exchange.rest_url,
+                    nkey_seed_file=self._seed_file(connector_role(name)),
                 )
                 env = tuple({**spec.env, **credentials}.items())
                 self._spawn(ChildSpec("connector", name, tuple(spec.args), port, env))
             if not self._of("archiver", {name}):
                 port = free_port()
                 spec = archiver_workload(
-                    env_file, name, endpoints, metrics_port=port, data_dir=str(self.data_dir)
+                    env_file,
+                    name,
+                    endpoints,
+                    metrics_port=port,
+                    data_dir=str(self.data_dir),
+                    nkey_seed_file=self._seed_file(archiver_role(name)),
                 )
                 self._spawn(
                     ChildSpec("archiver", name, tuple(spec.args), port, tuple(spec.env.items()))
@@ -251,6 +301,7 @@ class LocalPipeline:
             nats_url=self.nats_url,
             redis_url=self.redis_url,
             data_dir=str(self.data_dir.resolve()),
+            nats_auth_dir=str(self.credentials.directory.resolve()) if self.credentials else None,
             generation=self.rolls.generation,
             rolled_at=time.time(),
             shards=list(self.env.shards),
@@ -311,7 +362,7 @@ class LocalPipeline:
         assert self.nats_url
         names = [*(internal_stream(s) for s in self.env.shards), CLIENT_STREAM]
         counts, *_ = await asyncio.gather(
-            stream_counts(self.nats_url, names),
+            stream_counts(self.nats_url, names, seed=self._admin),
             scrape_children(self.children),
             self.simulator.stats() if self.simulator and self.simulator.child.alive else _none(),
         )
@@ -356,7 +407,10 @@ class LocalPipeline:
         await self._stop_children(self._of("connector"), DRAIN_TIMEOUT)
         assert self.nats_url
         try:
-            actions = await reconcile_streams(self.nats_url, stream_specs(self.env))
+            self._check_roll_credentials()
+            actions = await reconcile_streams(
+                self.nats_url, stream_specs(self.env), seed=self._admin
+            )
         except SsmdError as exc:  # refused before any change: restart yesterday's layout
             self.env, self.layout, self.env_text = old
             previous = self.workdir / "environment-before-refused-roll.yaml"
@@ -370,9 +424,57 @@ class LocalPipeline:
         removed = old_shards - set(self.env.shards)
         if removed:
             await self._stop_archivers(removed)
+        try:
+            await self._roll_own_credentials(old[0])
+        except SsmdError as exc:  # the new shards' processes will be refused: say why
+            self.console.print(f"[bold red]day roll: NATS credentials:[/] {exc}")
+            self._start_shards(list(self.env.shards))
+            self._roll_outcome(f"NATS credentials: {exc}", actions)
+            return
         self._start_shards(list(self.env.shards))
         self.rolls.generation += 1
         self._roll_outcome(None, actions)
+
+    def _check_roll_credentials(self) -> None:
+        """Before the roll changes anything: the new environment keeps the authorization
+        mode, and with an external server its auth directory holds every new role's seed
+        (the operator ran `ssmd nats auth` and reloaded that server before the roll)."""
+        if (self.credentials is not None) != (self.env.nats.auth == "nkeys"):
+            raise SsmdError(
+                f"environment {self.env.name} now has nats.auth: {self.env.nats.auth}; restart "
+                f"`ssmd local up` to switch a running pipeline's NATS authorization"
+            )
+        if self.credentials is not None and self.nats_server is None:
+            self.credentials = read_credentials(self.env, self.credentials.directory)
+
+    async def _roll_own_credentials(self, old: Environment) -> None:
+        """Our own server, once the removed shards' processes are stopped: the auth
+        directory is brought to the new roles (new shards' seeds added, removed shards'
+        revoked) and the server reloads the new authorization."""
+        if self.credentials is None or self.nats_server is None:
+            return
+        credentials = own_server_credentials(self.env, self.credentials.directory)
+        assert credentials is not None and credentials.server_config is not None
+        known = set(nats_roles(old))
+        reload_nats_config(self.nats_server, credentials.server_config)
+        self.credentials = credentials
+        added = [role for role in nats_roles(self.env) if role not in known]
+        if added:
+            await self._await_reload(read_seed_file(credentials.seed_file(added[0]), added[0]))
+
+    async def _await_reload(self, newcomer: RoleSeed) -> None:
+        """Until the reloaded server accepts a role it did not know before (bounded): the
+        new shards' processes start only once their users exist."""
+        assert self.nats_url
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            try:
+                async with connect(self.nats_url, timeout=1.0, seed=newcomer):
+                    return
+            except SsmdError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
     def _roll_outcome(self, error: str | None, actions: list[str]) -> None:
         self.rolls.error = error
@@ -400,7 +502,7 @@ class LocalPipeline:
         last: dict[str, int] | None = None
         while time.monotonic() < deadline:
             self.supervise()  # the servers stay supervised while draining
-            counts = await stream_counts(self.nats_url, names)
+            counts = await stream_counts(self.nats_url, names, seed=self._admin)
             if counts and counts == last:
                 return
             last = counts
@@ -416,12 +518,12 @@ class LocalPipeline:
         while pending and time.monotonic() < deadline:
             self.supervise()
             with contextlib.suppress(SsmdError, OSError, TimeoutError):
-                async with connect(self.nats_url, timeout=1.0) as nc:
+                async with connect(self.nats_url, timeout=1.0, seed=self._admin) as nc:
                     js = nc.jetstream(timeout=REQUEST_TIMEOUT)
                     for shard in sorted(pending):
                         try:
                             info = await js.consumer_info(
-                                internal_stream(shard), f"archiver-{shard}"
+                                internal_stream(shard), archiver_consumer(shard)
                             )
                         except (NotFoundError, nats.errors.Error, TimeoutError):
                             # not there yet (starting) or a NATS hiccup: ask again
@@ -488,7 +590,10 @@ class LocalPipeline:
         await self._stop_children(self._of("connector"), min(STOP_TIMEOUT, left()))
         assert self.nats_url
         published = await stream_counts(
-            self.nats_url, [internal_stream(s) for s in self.env.shards], FINAL_READ_TIMEOUT
+            self.nats_url,
+            [internal_stream(s) for s in self.env.shards],
+            FINAL_READ_TIMEOUT,
+            seed=self._admin,
         )
         for name, fig in figures.items():  # what the stopped connectors had published in all
             fig.published = published.get(internal_stream(name), fig.published)
@@ -499,7 +604,9 @@ class LocalPipeline:
             await self.simulator.stats()
             await self._stop_children([self.simulator.child], STOP_TIMEOUT)
             sim = self.simulator.totals()
-        counts = await stream_counts(self.nats_url, [CLIENT_STREAM], FINAL_READ_TIMEOUT)
+        counts = await stream_counts(
+            self.nats_url, [CLIENT_STREAM], FINAL_READ_TIMEOUT, seed=self._admin
+        )
         restarts = self.process_restarts()
         self.console.print("stopping: servers")
         await self._stop_servers()

@@ -12,6 +12,7 @@ declared: a bad input declares nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,17 @@ import pulumi
 import pulumi_docker_build as docker_build
 import pulumi_kubernetes as k8s
 
+from ssmd_infra.adapters.nats_auth import AUTHORIZATION_SECRET
 from ssmd_infra.core import workload
 from ssmd_infra.core.environment import Environment, load_environment
 from ssmd_infra.core.errors import ConfigError, Problem
+from ssmd_infra.core.nats_auth import (
+    ADMIN_ROLE,
+    CLIENT_ROLE,
+    archiver_role,
+    connector_role,
+    render_authorization,
+)
 from ssmd_infra.core.resolution import Layout, layout_of
 from ssmd_infra.core.stream_rules import spec_problems
 from ssmd_infra.core.streams import StreamSpec, client_stream_spec, internal_stream_spec
@@ -114,7 +123,9 @@ def load_inputs(stack: str) -> DeploymentInputs:
     private_key = (
         pulumi.Config(PREFIX).require_secret(PRIVATE_KEY) if config.has_private_key else None
     )
-    pending = manifests.Refs.pending(with_kalshi=config.has_private_key)
+    pending = manifests.Refs.pending(
+        with_kalshi=config.has_private_key, with_nats_seeds=env.nats.auth == "nkeys"
+    )
     objects = {
         name: manifests.shard_objects(
             manifests.ShardContext(env, layout, env.shards[name], config, refs=pending)
@@ -200,6 +211,26 @@ def archive_claim(archiver: dict[str, Any], shard: str) -> dict[str, Any]:
     }
 
 
+def _nats_user_key(name: str, role: str, opts: pulumi.ResourceOptions) -> Any:
+    from ssmd_infra.pulumi.nkey_provider import NatsUserKey
+
+    return NatsUserKey(f"nats-user-{name}", role, opts)
+
+
+def _seed_secret(
+    env: Environment, config: StackConfig, role: str, key: Any, opts: pulumi.ResourceOptions
+) -> pulumi.CustomResource:
+    """`role`'s seed in a Secret of its own (auto-named `ssmd-nats-seed-{role}-<random>`)."""
+    return _k8s(
+        "Secret",
+        f"{manifests.NATS_SEED_SECRET_PREFIX}-{role}",
+        manifests.nats_seed_secret(env, config, role, key.seed),
+        pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["stringData", "data"])
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class ShardArgs:
     """Inputs of one shard's component."""
@@ -210,6 +241,11 @@ class ShardArgs:
     stream: StreamSpec
     protect: bool
     depends_on: list[pulumi.Resource] = field(default_factory=list)
+    # under `nats.auth: nkeys`: the admin seed of the stream provider, and what the shard's
+    # roles' seed Secrets need
+    admin_seed: pulumi.Output[str] | None = None
+    env: Environment | None = None
+    config: StackConfig | None = None
 
 
 class ShardComponent(pulumi.ComponentResource):
@@ -227,11 +263,32 @@ class ShardComponent(pulumi.ComponentResource):
         objects = args.objects
         child = pulumi.ResourceOptions(parent=self, depends_on=args.depends_on)
         shard = args.name
+        # one NKEY per role of the shard, each seed in a Secret mounted into its pods only
+        self.nats_keys: dict[str, Any] = {}
+        if args.env is not None and args.config is not None:
+            seed_secrets = {}
+            for kind, role in (
+                ("connector", connector_role(shard)),
+                ("archiver", archiver_role(shard)),
+            ):
+                key = _nats_user_key(role, role, pulumi.ResourceOptions(parent=self))
+                self.nats_keys[role] = key
+                seed_secrets[kind] = _secret_name(
+                    _seed_secret(args.env, args.config, role, key, child)
+                )
+            objects = objects.with_refs(
+                dataclasses.replace(
+                    objects.refs,
+                    connector_seed_secret=seed_secrets["connector"],
+                    archiver_seed_secret=seed_secrets["archiver"],
+                )
+            )
         self.config_map = _k8s("ConfigMap", f"{shard}-config", objects.config_map, child)
         self.stream = NatsStream(
             f"{shard}-stream",
             args.stream,
             pulumi.ResourceOptions(parent=self, protect=args.protect),
+            admin_seed=args.admin_seed,
         )
         workload_opts = pulumi.ResourceOptions(
             parent=self, depends_on=[*args.depends_on, self.config_map, self.stream]
@@ -357,10 +414,29 @@ class EnvironmentComponent(pulumi.ComponentResource):
             )
             base.append(self.secret)
         self.image_ref = self._image(config)
+        # NATS users: admin (the stream provider) and client here, each shard's in its
+        # component; their seed Secrets are swapped into the pods per shard
+        nkeys = env.nats.auth == "nkeys"
+        self.nats_keys: dict[str, Any] = {}
+        admin_seed: pulumi.Output[str] | None = None
+        if nkeys:
+            for role in (ADMIN_ROLE, CLIENT_ROLE):
+                self.nats_keys[role] = _nats_user_key(
+                    role, role, pulumi.ResourceOptions(parent=self)
+                )
+            admin_seed = self.nats_keys[ADMIN_ROLE].seed
+            # for the readers of ssmd-client (not the admin's: it stays in the Pulumi state)
+            self.client_seed_secret = _seed_secret(
+                env, config, CLIENT_ROLE, self.nats_keys[CLIENT_ROLE], after_ns
+            )
+        pending = next(iter(inputs.shard_objects.values())).refs if inputs.shard_objects else None
         refs = manifests.Refs(
             image=self.image_ref,
             endpoints_secret=_secret_name(self.endpoints),
             kalshi_secret=_secret_name(self.secret) if self.secret is not None else None,
+            # still placeholders: each shard component swaps in its own roles' Secrets
+            connector_seed_secret=pending.connector_seed_secret if pending else None,
+            archiver_seed_secret=pending.archiver_seed_secret if pending else None,
         )
 
         self.shards: dict[str, ShardComponent] = {}
@@ -374,9 +450,15 @@ class EnvironmentComponent(pulumi.ComponentResource):
                     stream=inputs.internal_streams[shard],
                     protect=config.protect,
                     depends_on=list(base),
+                    admin_seed=admin_seed,
+                    env=env if nkeys else None,
+                    config=config if nkeys else None,
                 ),
                 child,
             )
+            self.nats_keys.update(self.shards[shard].nats_keys)
+        if nkeys:
+            self.nats_authorization = self._nats_authorization(env, config, after_ns)
         self.client_stream = NatsStream(
             "client-stream",
             inputs.client_stream,
@@ -385,6 +467,7 @@ class EnvironmentComponent(pulumi.ComponentResource):
                 protect=config.protect,
                 depends_on=[s.stream for s in self.shards.values()],
             ),
+            admin_seed=admin_seed,
         )
         self.outputs: dict[str, Any] = {
             "environment": env.name,
@@ -394,7 +477,38 @@ class EnvironmentComponent(pulumi.ComponentResource):
             "client_stream": CLIENT_STREAM,
             "shards": {name: s.summary for name, s in self.shards.items()},
         }
+        if nkeys:  # public keys only: the seeds never leave their Secrets (and the state)
+            self.outputs["nats_users"] = {
+                role: key.public_key for role, key in sorted(self.nats_keys.items())
+            }
         self.register_outputs(self.outputs)
+
+    def _nats_authorization(
+        self, env: Environment, config: StackConfig, opts: pulumi.ResourceOptions
+    ) -> pulumi.CustomResource:
+        """The Secret `ssmd-nats-authorization` (`authorization.conf`): every role's public
+        NKEY with its permissions, for the NATS Helm release to include. A role whose shard
+        is gone is no longer listed: the next reload of the server revokes it."""
+        keys = {role: key.public_key for role, key in self.nats_keys.items()}
+        mutable = k8s.Provider(
+            manifests.MUTABLE_SECRETS_PROVIDER,
+            enable_secret_mutable=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(providers={"kubernetes": mutable})
+        )
+        text = pulumi.Output.all(**keys).apply(
+            lambda public: render_authorization(env, dict(public))
+        )
+        return _k8s(
+            "Secret",
+            AUTHORIZATION_SECRET,
+            manifests.nats_authorization_secret(
+                env, config.nats_namespace, AUTHORIZATION_SECRET, text
+            ),
+            opts,
+        )
 
     def _image(self, config: StackConfig) -> pulumi.Output[str]:
         """The digest-pinned runtime image: built and pushed here unless `ssmd:image` is given

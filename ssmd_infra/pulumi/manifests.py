@@ -15,9 +15,13 @@ persistent volume per shard) and its headless Service.
 
 Shared: the shard catalog ConfigMap `ssmd-shards` (every shard and pin, read by the
 connectors for resolution, updated in place and referenced by no content: it rolls no pod),
-and two Secrets without a fixed name (the provider names them with a random suffix, so a
+and Secrets without a fixed name (the provider names them with a random suffix, so a
 rotation creates a new Secret first and the pods that reference it roll): the endpoints
-(NATS and Redis URLs, which may carry passwords) and the Kalshi credentials.
+(NATS and Redis URLs, which may carry passwords), the Kalshi credentials, and under
+`nats.auth: nkeys` one per NATS role holding that role's seed only (`{role}.nk`), mounted
+read-only into that role's pods alone, whose path is `NATS_NKEY_SEED`. The NATS
+`authorization` block for the NATS Helm release is the Secret `ssmd-nats-authorization`
+(fixed name: the release refers to it).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import yaml
 
 from ssmd_infra.core.environment import Environment, Shard
 from ssmd_infra.core.errors import ConfigError
+from ssmd_infra.core.nats_auth import archiver_role, connector_role
+from ssmd_infra.core.nkey_seeds import NKEY_SEED_VARIABLE, seed_file_name
 from ssmd_infra.core.resolution import Layout
 from ssmd_infra.core.shard_catalog import CATALOG_FILE_NAME, render_catalog
 from ssmd_infra.core.subjects import (
@@ -72,6 +78,16 @@ ARCHIVE_DIR = "/var/lib/ssmd/archive"
 SERVICE_ACCOUNT = "ssmd"
 KALSHI_SECRET_PREFIX = "ssmd-kalshi-credentials"
 ENDPOINTS_SECRET_PREFIX = "ssmd-endpoints"
+NATS_SEED_SECRET_PREFIX = "ssmd-nats-seed"  # + the role: `ssmd-nats-seed-connector-tier1-<random>`
+NATS_SEED_DIR = "/var/run/secrets/nats"
+# owner and group (the pod's fsGroup, the runtime's group) read; a Secret volume's files
+# belong to root, so 0400 would leave the non-root runtime unable to read its own seed
+NATS_SEED_MODE = 0o440
+NATS_AUTHORIZATION_KEY = "authorization.conf"
+# the Kubernetes provider of the one fixed-name Secret, ssmd-nats-authorization: with
+# `enableSecretMutable` its new content is an in-place update (the NATS release refers to it by
+# name, so a replacement would delete it first); every other Secret is auto-named and replaced
+MUTABLE_SECRETS_PROVIDER = "kubernetes-mutable-secrets"
 # keys of the endpoints Secret, by the environment variable the runtime reads
 ENDPOINT_KEYS = {NATS_URL_VARIABLE: "nats-url", REDIS_URL_VARIABLE: "redis-url"}
 LABEL_VALUE_LIMIT = 63
@@ -136,13 +152,22 @@ class Refs:
     image: object
     endpoints_secret: object
     kalshi_secret: object | None
+    # the Secrets of the shard's roles' NATS seeds; None without NATS authorization
+    connector_seed_secret: object | None = None
+    archiver_seed_secret: object | None = None
 
     @staticmethod
-    def pending(with_kalshi: bool) -> Refs:
+    def pending(with_kalshi: bool, with_nats_seeds: bool = False) -> Refs:
         return Refs(
             image="image-pending",
             endpoints_secret=f"{ENDPOINTS_SECRET_PREFIX}-pending",
             kalshi_secret=f"{KALSHI_SECRET_PREFIX}-pending" if with_kalshi else None,
+            connector_seed_secret=f"{NATS_SEED_SECRET_PREFIX}-connector-pending"
+            if with_nats_seeds
+            else None,
+            archiver_seed_secret=f"{NATS_SEED_SECRET_PREFIX}-archiver-pending"
+            if with_nats_seeds
+            else None,
         )
 
 
@@ -335,11 +360,36 @@ def _endpoints(ctx: ShardContext) -> Endpoints:
     return Endpoints(nats_url=ctx.config.nats_url, redis_url=ctx.config.redis_url)
 
 
+def _seed_file(role: str, secret: object | None) -> str | None:
+    """Where role's seed is mounted in its pods (None: no seed Secret, no authentication)."""
+    return f"{NATS_SEED_DIR}/{seed_file_name(role)}" if secret is not None else None
+
+
+def _seed_mount(role: str, secret: object | None) -> tuple[list[Obj], list[Obj]]:
+    """The volume mount and volume of `role`'s seed Secret (only its `{role}.nk` key)."""
+    if secret is None:
+        return [], []
+    name = seed_file_name(role)
+    mount = {"name": "nats-seed", "mountPath": NATS_SEED_DIR, "readOnly": True}
+    volume = {
+        "name": "nats-seed",
+        "secret": {
+            "secretName": secret,
+            "defaultMode": NATS_SEED_MODE,
+            "items": [{"key": name, "path": name}],
+        },
+    }
+    return [mount], [volume]
+
+
 def _secret_env(spec_env: dict[str, str], endpoints_secret: object) -> list[Obj]:
-    """The workload's environment (the endpoints) as references into the endpoints Secret:
-    the URLs themselves never appear in a pod spec."""
+    """The workload's environment: the endpoints as references into the endpoints Secret
+    (the URLs themselves never appear in a pod spec), the seed file's path as a value."""
     out: list[Obj] = []
-    for name in spec_env:
+    for name, value in spec_env.items():
+        if name == NKEY_SEED_VARIABLE:  # a path, not a secret: the seed is the mounted file
+            out.append({"name": name, "value": value})
+            continue
         key = ENDPOINT_KEYS[name]  # a KeyError here is a new variable the Secret lacks
         out.append(
             {
@@ -405,6 +455,7 @@ def connector_deployment(ctx: ShardContext, data_checksum: str) -> Obj:
         metrics_port=ctx.config.metrics_port,
         kalshi_ws_url=ctx.config.kalshi_ws_url,
         kalshi_rest_url=ctx.config.kalshi_rest_url,
+        nkey_seed_file=_seed_file(connector_role(ctx.name), ctx.refs.connector_seed_secret),
     )
     env = [
         *_secret_env(spec.env, ctx.refs.endpoints_secret),
@@ -434,6 +485,11 @@ def connector_deployment(ctx: ShardContext, data_checksum: str) -> Obj:
                 },
             }
         ]
+    seed_mounts, seed_volumes = _seed_mount(
+        connector_role(ctx.name), ctx.refs.connector_seed_secret
+    )
+    mounts += seed_mounts
+    extra_volumes += seed_volumes
     container = _container(ctx, "connector", spec.args, env, mounts)
     select = selector_labels(ctx.env, ctx.name, "connector")
     return {
@@ -489,8 +545,10 @@ def archiver_statefulset(ctx: ShardContext, data_checksum: str) -> Obj:
         _endpoints(ctx),
         metrics_port=ctx.config.metrics_port,
         data_dir=ARCHIVE_DIR,
+        nkey_seed_file=_seed_file(archiver_role(ctx.name), ctx.refs.archiver_seed_secret),
     )
-    mounts = [{"name": "archive", "mountPath": ARCHIVE_DIR}]
+    seed_mounts, seed_volumes = _seed_mount(archiver_role(ctx.name), ctx.refs.archiver_seed_secret)
+    mounts = [{"name": "archive", "mountPath": ARCHIVE_DIR}, *seed_mounts]
     env = _secret_env(spec.env, ctx.refs.endpoints_secret)
     container = _container(ctx, "archiver", spec.args, env, mounts)
     size = ctx.config.archive_storage_size or ctx.env.archiver.storage
@@ -518,7 +576,7 @@ def archiver_statefulset(ctx: ShardContext, data_checksum: str) -> Obj:
                     "labels": labels(ctx.env, ctx.name, "archiver"),
                     "annotations": _pod_annotations(ctx, data_checksum),
                 },
-                "spec": _pod_spec(ctx, container, _volumes(ctx, data_checksum, [])),
+                "spec": _pod_spec(ctx, container, _volumes(ctx, data_checksum, seed_volumes)),
             },
             "volumeClaimTemplates": [
                 {
@@ -619,6 +677,8 @@ class ShardObjects:
                 (self.refs.image, refs.image),
                 (self.refs.endpoints_secret, refs.endpoints_secret),
                 (self.refs.kalshi_secret, refs.kalshi_secret),
+                (self.refs.connector_seed_secret, refs.connector_seed_secret),
+                (self.refs.archiver_seed_secret, refs.archiver_seed_secret),
             ]
             if isinstance(old, str)
         }
@@ -745,4 +805,31 @@ def kalshi_secret(env: Environment, config: StackConfig, private_key: object) ->
             API_KEY_ID_KEY: config.kalshi_api_key_id or "",
             PRIVATE_KEY_FILE: private_key,
         },
+    }
+
+
+def nats_seed_secret(env: Environment, config: StackConfig, role: str, seed: object) -> Obj:
+    """The only object that carries `role`'s NATS seed (a Pulumi secret output in the
+    program), under the key its file must be named by (`{role}.nk`: the runtime checks it)."""
+    secret = _unnamed_secret(env, config, "nats-credentials")
+    secret["metadata"]["annotations"] = {"ssmd.io/nats-role": role}
+    return {**secret, "stringData": {seed_file_name(role): seed}}
+
+
+def nats_authorization_secret(
+    env: Environment, namespace: str, name: str, authorization: object
+) -> Obj:
+    """The nats-server `authorization` block (`render_authorization`: users by public NKEY
+    and their permissions) for the NATS Helm release to include; a fixed `name`, since the
+    release refers to it. It holds public keys only."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels(env, None, "nats-authorization"),
+        },
+        "type": "Opaque",
+        "stringData": {NATS_AUTHORIZATION_KEY: authorization},
     }

@@ -28,15 +28,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nkeys
 import pulumi
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from ssmd_infra.pulumi.nkey_provider import NATS_USER_KEY_TYPE, ROLE, user_key_outputs
 from ssmd_infra.pulumi.stack_config import PREFIX
 
 IMAGE_TYPE = "docker-build:index:Image"
+
+
+def stand_in_seed(role: str) -> str:
+    """A fixed user seed per role for offline runs (never for a deployment: `create` draws
+    one from the operating system's CSPRNG)."""
+    raw = hashlib.sha256(f"ssmd offline NKEY of {role}".encode()).digest()
+    seed: bytes = nkeys.encode_seed(raw, nkeys.PREFIX_BYTE_USER)
+    return seed.decode("ascii")
+
+
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker of a secret value
 
 
@@ -129,7 +141,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self, args: pulumi.runtime.MockResourceArgs
     ) -> tuple[str | None, dict[str, Any]]:
         outputs = dict(args.inputs)
-        if args.typ == IMAGE_TYPE:
+        if args.typ == NATS_USER_KEY_TYPE:
+            # what the provider's create returns, but the same key for the same role in
+            # every run: a resource that exists keeps its outputs across `pulumi up`s
+            role = str(args.inputs[ROLE])
+            outputs.update(user_key_outputs(role, stand_in_seed(role)))
+        elif args.typ == IMAGE_TYPE:
             tag = str(args.inputs["tags"][0])
             repository = tag.rsplit(":", 1)[0] if ":" in tag.rsplit("/", 1)[-1] else tag
             body = json.dumps(args.inputs, sort_keys=True, default=str).encode()

@@ -8,8 +8,10 @@ are compared by URN and inputs with the providers' own rules:
   first, the old one deleted after: the names differ, so no delete-before-replace), an object
   whose replace-on-change fields change (`FORCE_NEW`: a claim's storage class, a StatefulSet's
   claim templates — which the program tells the engine to ignore), and a Secret whose data
-  changes (Secret data is replace-on-change; the program does not set
-  `enableSecretMutable`; without a fixed name the replacement gets a new one). ConfigMap data is
+  changes (Secret data is replace-on-change; the program's main provider does not set
+  `enableSecretMutable`; without a fixed name the replacement gets a new one), except the
+  Secret `ssmd-nats-authorization`, whose own provider (`MUTABLE_SECRETS_PROVIDER`) sets it:
+  updated in place. ConfigMap data is
   an update in place (the program's provider sets `enableConfigMapMutable`);
 - a stream is replaced when a field the server cannot change in place changes
   (`ssmd_infra.core.stream_rules.replacement_fields`), else updated;
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ssmd_infra.core import stream_rules
+from ssmd_infra.pulumi.manifests import MUTABLE_SECRETS_PROVIDER
 from ssmd_infra.pulumi.offline import Declared, OfflineRun, unwrap_secrets
 
 SECRET = "kubernetes:core/v1:Secret"
@@ -78,7 +81,15 @@ def _without(inputs: dict[str, Any], ignored: tuple[str, ...]) -> dict[str, Any]
     return out
 
 
-def _replaced(type_: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+def _provider_name(reference: str) -> str:
+    """The resource name of a provider reference (`{urn}::{id}`, the URN ending `::{name}`)."""
+    parts = reference.split("::")
+    return parts[-2] if len(parts) >= 2 else ""
+
+
+def _replaced(
+    type_: str, old: dict[str, Any], new: dict[str, Any], mutable_secret: bool = False
+) -> bool:
     if type_ == STREAM:
         from ssmd_infra.pulumi.stream_provider import spec_from_props
 
@@ -89,7 +100,8 @@ def _replaced(type_: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
         if (old.get(top) or {}).get(field) != (new.get(top) or {}).get(field):
             return True
     data = ("stringData", "data")
-    return type_ == SECRET and [old.get(k) for k in data] != [new.get(k) for k in data]
+    changed = [old.get(k) for k in data] != [new.get(k) for k in data]
+    return type_ == SECRET and changed and not mutable_secret
 
 
 @dataclass(frozen=True)
@@ -114,7 +126,8 @@ def steps(before: OfflineRun, after: OfflineRun) -> list[Step]:
             out.append(Step("same", resource))
             continue
         keys = tuple(sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)))
-        op = "replace" if _replaced(resource.type, a, b) else "update"
+        mutable = _provider_name(resource.options.provider) == MUTABLE_SECRETS_PROVIDER
+        op = "replace" if _replaced(resource.type, a, b, mutable) else "update"
         out.append(Step(op, resource, keys))
     new = {r.urn for r in after.resources}
     out.extend(Step("delete", r) for r in before.resources if r.urn not in new)

@@ -55,6 +55,8 @@ KEYS: dict[str, str] = {
     "image": "a pre-built, digest-pinned image reference: skips the build",
     NATS_URL: "NATS URL the pods connect to (NATS ≥ 2.10 with JetStream)",
     NATS_ADMIN_URL: "NATS URL where `pulumi up` manages streams (default natsUrl)",
+    "natsNamespace": "namespace of the NATS Helm release: where the Secret "
+    "ssmd-nats-authorization is created for it to include (default: namespace)",
     "redisUrl": "Redis URL the pods use for replica membership and reports",
     "archiveStorageClass": "StorageClass of the archive volumes (default: the cluster's)",
     "archiveStorageSize": "archive volume size per shard (default: the environment's)",
@@ -103,6 +105,7 @@ class StackConfig(BaseModel):
     image_tag: str = Field("latest", alias="imageTag")
     nats_url: str = Field("", alias=NATS_URL, validate_default=True)
     nats_admin_url: str = Field("", alias=NATS_ADMIN_URL)
+    nats_namespace: str = Field("", alias="natsNamespace")
     redis_url: str = Field("", alias="redisUrl", validate_default=True)
     archive_storage_class: str | None = Field(None, alias="archiveStorageClass")
     archive_storage_size: str | None = Field(None, alias="archiveStorageSize")
@@ -254,10 +257,19 @@ class StackConfig(BaseModel):
             raise _problem("; ".join(reasons))
         return True
 
+    @field_validator("nats_namespace")
+    @classmethod
+    def _nats_namespace(cls, value: str) -> str:
+        if value and not _DNS_LABEL.match(value):
+            raise _problem(f"{value!r} is not a valid Kubernetes namespace name")
+        return value
+
     @model_validator(mode="after")
     def _admin_url_defaults_to_the_pods_url(self) -> StackConfig:
         if not self.nats_admin_url:
             object.__setattr__(self, "nats_admin_url", self.nats_url)
+        if not self.nats_namespace:
+            object.__setattr__(self, "nats_namespace", self.namespace)
         return self
 
 

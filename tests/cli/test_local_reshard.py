@@ -67,6 +67,10 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "ops"
     (root / ENV_REL).parent.mkdir(parents=True)
     shutil.copy(REPO / ENV_REL, root / ENV_REL)
+    # the test's own servers are anonymous, and it watches `internal.>` itself: a shared
+    # development server (`ssmd local up` with authorization: tests/local)
+    with (root / ENV_REL).open("a") as handle:
+        handle.write("nats: {auth: none}\n")
     git(root, "init", "-q", "-b", "main")
     git(root, "config", "user.email", "ops@example.com")
     git(root, "config", "user.name", "ops")

@@ -33,6 +33,7 @@ from cli_runner import Ssmd, in_process
 from ssmd_infra.adapters.jetstream import reconcile_streams
 from ssmd_infra.core import redis_keys
 from ssmd_infra.core.environment import load_environment
+from ssmd_infra.core.nkey_seeds import generate_user_seed
 from ssmd_infra.core.streams import stream_specs
 from ssmd_infra.core.subjects import internal_subject
 from ssmd_infra.deploy import kubernetes
@@ -611,6 +612,11 @@ def test_day_roll_verifies_data_flows_in_every_shard(
     ssmd: Ssmd, repo: Path, pulumi: Recorder, nats_server: Any
 ) -> None:
     url = nats_server.url
+    # the test's publisher and server are anonymous: a shared development server (the
+    # verification as the admin role: test_day_roll_under_nkeys_verifies_as_the_admin)
+    with (repo / ENV_REL).open("a") as handle:
+        handle.write("nats: {auth: none}\n")
+    git(repo, "commit", "-q", "-am", "shared dev NATS")
     env = load_environment(repo / ENV_REL)
     # a fresh server-side state for this environment's streams
     asyncio.run(_reset_streams(url, env))
@@ -630,6 +636,27 @@ def test_day_roll_verifies_data_flows_in_every_shard(
     assert (
         name == "up" and kwargs["message"] == f"ssmd day roll kalshi-dev: {ENV_REL}@{commit[:12]}"
     )
+
+
+def test_day_roll_under_nkeys_verifies_as_the_admin(
+    ssmd: Ssmd, repo: Path, pulumi: Recorder, tmp_path: Path
+) -> None:
+    """kalshi-dev has nats.auth: nkeys: the verification reads the streams as `admin`; with
+    no admin seed the roll is refused before anything changes, a bad one names its file."""
+    before = (repo / ENV_REL).read_bytes()
+    refused = ssmd("day", "roll", "kalshi-dev", "--nats-url", "nats://127.0.0.1:4222")
+    assert refused.code == 1
+    assert "kalshi-dev has nats.auth: nkeys: verifying the data flow reads the streams as " in (
+        refused.err
+    )
+    assert "give --nats-admin-seed PATH (the admin.nk that `ssmd nats auth` wrote)" in refused.err
+    other = tmp_path / "client.nk"
+    other.write_text(generate_user_seed() + "\n")
+    wrong = ssmd("day", "roll", "kalshi-dev", "--nats-admin-seed", str(other))
+    assert wrong.code == 1
+    assert "is the seed of role 'client', not of 'admin'" in wrong.err
+    assert (repo / ENV_REL).read_bytes() == before
+    assert pulumi.calls == []
 
 
 async def _reset_streams(url: str, env: Any) -> None:
@@ -668,6 +695,7 @@ def test_apply_rollback_and_day_roll_take_the_same_roll_options() -> None:
         "--stack",
         "--project-dir",
         "--nats-url",
+        "--nats-admin-seed",
         "--verify-timeout",
         "--no-verify",
     ]

@@ -2,7 +2,9 @@
 
 The simulator, the connectors and the archivers are real processes started by `ssmd local
 up`; the test only brings its own nats-server (`--nats-url`), so that the merged client
-stream can be read after the run. Every message the simulated exchange sent must be in
+stream can be read after the run. That server enforces the environment's NATS roles
+(`nats.auth: nkeys`, the default): every process runs as its own role with only its own seed
+(`--nats-auth-dir`), and the client stream is read as the `client` role. Every message the simulated exchange sent must be in
 `ssmd-client` exactly once under `md.kalshi.{type}.{encoded symbol}`, and in the archive of
 the shard its symbol resolves to exactly once; nothing `local up` started may outlive it.
 """
@@ -21,7 +23,10 @@ import nats
 import psutil
 import pytest
 
+from ssmd_infra.adapters.nats_auth import AUTHORIZATION_FILE, write_auth_dir
 from ssmd_infra.core.environment import load_environment
+from ssmd_infra.core.nats_auth import CLIENT_ROLE
+from ssmd_infra.core.nkey_seeds import read_seed_file, seed_file_name
 from ssmd_infra.core.resolution import resolve
 from ssmd_infra.core.secmaster import merge_symbols
 from ssmd_infra.core.subjects import CLIENT_STREAM, client_subject
@@ -35,15 +40,23 @@ SECONDS = 8
 
 
 @pytest.fixture
-def own_nats(tmp_path: Path) -> Any:
-    server = start_nats(tmp_path / "nats")
+def auth_dir(tmp_path: Path) -> Path:
+    """The seeds and authorization of the e2e environment, as `ssmd nats auth` writes them."""
+    return write_auth_dir(load_environment(ENV_FILE), tmp_path / "nats-auth").directory
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path, auth_dir: Path) -> Any:
+    config = (auth_dir / AUTHORIZATION_FILE).read_text()
+    server = start_nats(tmp_path / "nats", extra_config=config)
     yield server
     server.stop()
 
 
-async def client_messages(nats_url: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(subject, Nats-Msg-Id, frame) of every message in `ssmd-client`."""
-    nc = await nats.connect(nats_url)
+async def client_messages(nats_url: str, auth_dir: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """(subject, Nats-Msg-Id, frame) of every message in `ssmd-client`, read as `client`."""
+    client = read_seed_file(auth_dir / seed_file_name(CLIENT_ROLE), CLIENT_ROLE)
+    nc = await nats.connect(nats_url, **client.nats_py_options())
     try:
         js = nc.jetstream()
         total = (await js.stream_info(CLIENT_STREAM)).state.messages
@@ -70,7 +83,7 @@ def leftovers(markers: list[str]) -> list[str]:
 
 
 async def test_local_up_every_message_once_in_the_client_stream_and_the_archive(
-    own_nats: ServerProcess, tmp_path: Path
+    own_nats: ServerProcess, auth_dir: Path, tmp_path: Path
 ) -> None:
     data = tmp_path / "archive"
     result = subprocess.run(
@@ -90,6 +103,8 @@ async def test_local_up_every_message_once_in_the_client_stream_and_the_archive(
             str(data),
             "--nats-url",
             own_nats.url,
+            "--nats-auth-dir",
+            str(auth_dir),
         ],
         capture_output=True,
         text=True,
@@ -113,7 +128,7 @@ async def test_local_up_every_message_once_in_the_client_stream_and_the_archive(
         assert row["drops"] == 0, row
 
     sent = summary["simulator"]
-    messages = await client_messages(own_nats.url)
+    messages = await client_messages(own_nats.url, auth_dir)
     assert summary["client_stream_messages"] == len(messages) == sent["generated"] > 0
     ids = Counter(msg_id for _, msg_id, _ in messages)
     assert len(ids) == len(messages), "a message appears twice in ssmd-client"

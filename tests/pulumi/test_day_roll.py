@@ -136,14 +136,27 @@ def test_a_symbol_added_to_one_shard_rolls_only_that_shard(
     )
 
 
+def nats_roles_of(shard: str) -> set[str]:
+    """The NATS resources of a shard's roles: each role's NKEY and the Secret of its seed."""
+    roles = (f"connector-{shard}", f"archiver-{shard}")
+    return {f"{kind}-{role}" for role in roles for kind in ("nats-user", "ssmd-nats-seed")}
+
+
 def test_a_carve_out_creates_the_new_shard_and_rolls_only_the_shard_it_takes_from(
     base: OfflineRun, tmp_path: Path, keys: tuple[str, str]
 ) -> None:
     after = edited(tmp_path, keys, ENV + BTC_CARVE_OUT)
     assert roll(base, after) == Roll(
-        changed={"tier1-connector", "tier1-archiver", "shard-catalog", "client-stream"},
+        changed={
+            "tier1-connector",
+            "tier1-archiver",
+            "shard-catalog",
+            "client-stream",
+            "ssmd-nats-authorization",  # lists the new roles (in place: its name is fixed)
+        },
         replaced={"tier1-config"},
         created={
+            *nats_roles_of("btc"),
             "btc",
             "btc-config",
             "btc-stream",
@@ -174,10 +187,11 @@ def test_a_rename_deletes_the_old_shard_creates_the_new_and_touches_no_other_sha
         "-archiver",
     }
     assert roll(base, after) == Roll(
-        changed={"shard-catalog", "client-stream"},
+        changed={"shard-catalog", "client-stream", "ssmd-nats-authorization"},
         replaced=set(),
-        created={f"weather{p}" for p in parts},
-        deleted={f"tier2{p}" for p in parts},
+        created={f"weather{p}" for p in parts} | nats_roles_of("weather"),
+        # tier2's users revoked: no longer in the authorization, their keys and Secrets gone
+        deleted={f"tier2{p}" for p in parts} | nats_roles_of("tier2"),
     )
 
 
@@ -307,10 +321,15 @@ def test_no_config_object_is_deleted_before_it_is_replaced(base: OfflineRun) -> 
     assert not any(r.options.delete_before_replace for r in base.resources)
     configs = [r for r in base.resources if r.type in ("kubernetes:core/v1:ConfigMap", SECRET)]
     fixed = {r.name for r in configs if _name(r.inputs)}
-    # fixed names: the content-addressed shard ConfigMaps and the catalog (edited in place)
-    assert fixed == {"tier1-config", "tier2-config", "shard-catalog"}
-    (provider,) = base.of_type("pulumi:providers:kubernetes")
-    assert provider.inputs["enableConfigMapMutable"] == "true"
+    # fixed names: the content-addressed shard ConfigMaps, the catalog and the NATS
+    # authorization (both edited in place)
+    assert fixed == {"tier1-config", "tier2-config", "shard-catalog", "ssmd-nats-authorization"}
+    providers = {r.name: r.inputs for r in base.of_type("pulumi:providers:kubernetes")}
+    assert providers["kubernetes"]["enableConfigMapMutable"] == "true"
+    assert "enableSecretMutable" not in providers["kubernetes"]  # rotations replace
+    assert providers["kubernetes-mutable-secrets"]["enableSecretMutable"] == "true"
+    authorization = base.named(SECRET, "ssmd-nats-authorization")
+    assert authorization.options.provider.split("::")[-2] == "kubernetes-mutable-secrets"
 
 
 def test_a_60_character_environment_name_keeps_every_selector_unique_and_valid(

@@ -38,6 +38,7 @@ SECRET = "kubernetes:core/v1:Secret"
 SERVICE = "kubernetes:core/v1:Service"
 PVC = "kubernetes:core/v1:PersistentVolumeClaim"
 STREAM = "pulumi-python:dynamic/ssmd:NatsStream"
+NATS_USER_KEY = "pulumi-python:dynamic/ssmd:NatsUserKey"
 IMAGE = "docker-build:index:Image"
 
 TEST_ENV = """\
@@ -159,8 +160,11 @@ def test_kalshi_prod_declares_one_set_of_workloads_per_shard(prod: OfflineRun) -
         "ssmd:index:Shard": 2,
         "kubernetes:core/v1:Namespace": 1,
         "kubernetes:core/v1:ServiceAccount": 1,
-        "pulumi:providers:kubernetes": 1,
-        SECRET: 2,  # endpoints, Kalshi credentials
+        "pulumi:providers:kubernetes": 2,  # the program's; the mutable-Secret one
+        # endpoints, Kalshi credentials, the NATS authorization, and one seed Secret per
+        # role in a pod: client, each shard's connector and archiver
+        SECRET: 8,
+        NATS_USER_KEY: 6,  # admin, client, connector-{shard} and archiver-{shard} per shard
         IMAGE: 1,
         CONFIGMAP: 3,  # one per shard, the shard catalog
         DEPLOYMENT: 2,
@@ -181,8 +185,9 @@ def test_every_child_is_parented_to_its_component(four: OfflineRun) -> None:
         ("pulumi:pulumi:Stack", env): 1,
         (env, "kubernetes:core/v1:Namespace"): 1,
         (env, "kubernetes:core/v1:ServiceAccount"): 1,
-        (env, "pulumi:providers:kubernetes"): 1,
-        (env, SECRET): 2,
+        (env, "pulumi:providers:kubernetes"): 2,
+        (env, SECRET): 4,  # endpoints, Kalshi, the NATS authorization, client's seed
+        (env, NATS_USER_KEY): 2,  # admin, client
         (env, CONFIGMAP): 1,  # the shard catalog
         (env, IMAGE): 1,
         (env, shard): 4,
@@ -195,6 +200,8 @@ def test_every_child_is_parented_to_its_component(four: OfflineRun) -> None:
         (shard, PVC): 4,
         (shard, STATEFULSET): 4,
         (shard, STREAM): 4,
+        (shard, NATS_USER_KEY): 8,  # its connector's and its archiver's
+        (shard, SECRET): 8,  # their seeds
     }
     assert four.named(STREAM, "client-stream").parent_type == env
 
@@ -297,6 +304,10 @@ def test_containers_run_the_runtime_commands_with_the_mounted_environment(four: 
     assert kalshi["name"].startswith("ssmd-kalshi-credentials-")
     assert env["SSMD_SHARDS_FILE"]["value"] == "/etc/ssmd-shards/shards.json"
     assert env["KALSHI_PRIVATE_KEY_PATH"]["value"] == "/var/run/secrets/kalshi/private-key.pem"
+    assert env["NATS_NKEY_SEED"] == {
+        "name": "NATS_NKEY_SEED",
+        "value": "/var/run/secrets/nats/connector-btc.nk",
+    }
     archiver = specs["btc-archiver"]["containers"][0]
     assert archiver["args"] == [
         "archiver",
@@ -308,9 +319,15 @@ def test_containers_run_the_runtime_commands_with_the_mounted_environment(four: 
         "/var/lib/ssmd/archive",
     ]
     # the endpoints only: the archiver needs no Kalshi credentials
-    assert [e["name"] for e in archiver["env"]] == ["NATS_URL", "REDIS_URL"]
+    assert [e["name"] for e in archiver["env"]] == ["NATS_URL", "REDIS_URL", "NATS_NKEY_SEED"]
+    assert archiver["env"][2]["value"] == "/var/run/secrets/nats/archiver-btc.nk"
     mounts = {m["name"]: m["mountPath"] for m in archiver["volumeMounts"]}
-    assert mounts == {"config": "/etc/ssmd", "tmp": "/tmp", "archive": "/var/lib/ssmd/archive"}
+    assert mounts == {
+        "config": "/etc/ssmd",
+        "tmp": "/tmp",
+        "archive": "/var/lib/ssmd/archive",
+        "nats-seed": "/var/run/secrets/nats",
+    }
 
 
 def test_archiver_keeps_its_archive_on_a_persistent_volume(four: OfflineRun) -> None:

@@ -66,7 +66,8 @@ def test_every_problem_is_reported_at_once_with_the_stack_files_lines(tmp_path: 
     known = (
         "archiveStorageClass, archiveStorageSize, createNamespace, environment, image, "
         "imageRepository, imageTag, kalshiApiKeyId, kalshiPrivateKey, kalshiRestUrl, "
-        "kalshiWsUrl, metricsPort, namespace, natsAdminUrl, natsUrl, protect, redisUrl"
+        "kalshiWsUrl, metricsPort, namespace, natsAdminUrl, natsNamespace, natsUrl, protect, "
+        "redisUrl"
     )
     assert problems(values, tmp_path) == [
         # absent from the file: no line to point at

@@ -54,6 +54,7 @@ symbols:
 streams:
   internal: {{max_age: 1h, max_bytes: 64Mi, duplicate_window: 2m}}
 archiver: {{rotation: {rotation}, batch_size: {batch_size}}}
+nats: {{auth: none}}  # the shared test server is anonymous; roles: test_nats_roles.py
 shards:
   {shard}:
     selector: {{tier: 2}}

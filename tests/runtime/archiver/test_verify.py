@@ -59,6 +59,7 @@ symbols:
 {symbols}
 streams:
   internal: {{max_age: 1h, max_bytes: 64Mi, duplicate_window: 2m}}
+nats: {{auth: none}}  # the shared test server is anonymous; roles: tests/runtime/test_nats_roles.py
 shards:
   {self.shard}: {{selector: {{tier: 1}}, replicas: 1}}
 """

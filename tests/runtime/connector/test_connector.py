@@ -54,6 +54,7 @@ def env_text(
 name: test-{tag}
 feed: kalshi
 secmaster: {{refresh_interval: {refresh}}}
+nats: {{auth: none}}  # the shared test server is anonymous; roles: test_nats_roles.py
 symbols:
 {symbols}
 streams:
