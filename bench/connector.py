@@ -343,17 +343,19 @@ async def role_sim(port: int, rate: float, times_file: str | None = None) -> Non
     from runtime.kalshi.simulator import KalshiSimulator
 
     send_times: dict[tuple[int, int], int] = {}
+    sim = KalshiSimulator(
+        {m: {} for m in MARKETS}, rate_per_market=rate, port=port, tick=0.001, seed=os.getpid()
+    )  # a seed per run: trade ids never repeat across runs
+    if times_file:
+        write = sim.ws.send  # every frame to a connection goes through it
 
-    class TimedSimulator(KalshiSimulator):
-        async def _send(self, conn: Any, frame: bytes) -> None:
+        async def timed_send(conn: Any, frame: bytes) -> None:
             found = _SID_SEQ.search(frame, 0, 64)
             if found is not None and len(send_times) < SEND_TIMES_BOUND:
                 send_times[(int(found[1]), int(found[2]))] = time.time_ns()
-            await super()._send(conn, frame)
+            await write(conn, frame)
 
-    sim = (TimedSimulator if times_file else KalshiSimulator)(
-        {m: {} for m in MARKETS}, rate_per_market=rate, port=port, tick=0.001, seed=os.getpid()
-    )  # a seed per run: trade ids never repeat across runs
+        sim.ws.send = timed_send  # type: ignore[method-assign]
     await sim.start()
     done = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, done.set)
