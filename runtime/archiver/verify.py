@@ -337,7 +337,10 @@ def verify_archive(
     if not data_dir.is_dir():
         raise SsmdError(f"{data_dir}: not a directory (the archive's --data-dir)")
     days: dict[str, list[tuple[str, str, Path]]] = {}
-    for feed_dir in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+    # hidden directories are not feeds: `ssmd local up` keeps its servers' stores, logs and
+    # keys under `DIR/.local/` (a JetStream store there looked like a shard)
+    feeds = (p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for feed_dir in sorted(feeds):
         for date_dir in sorted(p for p in feed_dir.iterdir() if p.is_dir()):
             if date is not None and date_dir.name != date:
                 continue

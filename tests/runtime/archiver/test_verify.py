@@ -341,3 +341,11 @@ async def test_a_connector_killed_and_restarted_within_the_dedup_window_loses_no
 
 async def _stored_reaches(pipeline: Pipeline, count: int) -> bool:
     return await pipeline.stored() >= count
+
+
+def test_the_local_pipelines_own_files_under_dot_local_are_not_an_archive(tmp_path: Path) -> None:
+    """`ssmd local up` keeps nats-server's JetStream store (and logs, keys) under
+    `DIR/.local/`: three levels deep, like `{feed}/{date}/{shard}`, but not a shard."""
+    (tmp_path / ".local" / "nats" / "jetstream").mkdir(parents=True)
+    with pytest.raises(SsmdError, match="no archive"):
+        verify_archive(tmp_path)
